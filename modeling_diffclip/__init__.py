@@ -1,0 +1,42 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""DiffCLIP (CLIP with differential attention) for Hugging Face Transformers.
+
+Importing this package registers DiffCLIP with `AutoConfig`, `AutoModel`, `AutoModelForZeroShotImageClassification`,
+`AutoModelForImageClassification` and `AutoProcessor`.
+"""
+
+from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
+from .modeling_diffclip import (
+    DiffCLIPAttention,
+    DiffCLIPForImageClassification,
+    DiffCLIPModel,
+    DiffCLIPPreTrainedModel,
+    DiffCLIPTextModel,
+    DiffCLIPTextModelWithProjection,
+    DiffCLIPVisionModel,
+    DiffCLIPVisionModelWithProjection,
+)
+from .processing_diffclip import DiffCLIPProcessor, clip_bpe_vocabulary, clip_tokenizer
+from .registration import register
+
+
+register()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiffCLIPAttention",
+    "DiffCLIPConfig",
+    "DiffCLIPForImageClassification",
+    "DiffCLIPModel",
+    "DiffCLIPPreTrainedModel",
+    "DiffCLIPProcessor",
+    "DiffCLIPTextConfig",
+    "DiffCLIPTextModel",
+    "DiffCLIPTextModelWithProjection",
+    "DiffCLIPVisionConfig",
+    "DiffCLIPVisionModel",
+    "DiffCLIPVisionModelWithProjection",
+    "clip_bpe_vocabulary",
+    "clip_tokenizer",
+]

@@ -1,0 +1,161 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""DiffCLIP model configuration.
+
+The tower configs extend their CLIP counterparts, so every CLIP field keeps its name and meaning; the additions
+describe differential attention and the few architectural switches the released checkpoints need.
+"""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.models.clip.configuration_clip import CLIPTextConfig, CLIPVisionConfig
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+LAMBDA_SCHEDULES = ("constant", "dynamic")
+
+
+class _DifferentialAttentionConfigMixin:
+    """Fields and checks shared by both tower configs (declared on each dataclass, validated here)."""
+
+    def layer_lambda_init(self, layer_idx: int) -> float:
+        """λ_init of the 0-based layer `layer_idx`: constant, or the DiffCLIP* schedule 0.8 − 0.6·exp(−0.3·l)."""
+        if self.lambda_schedule == "dynamic":
+            return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+        return self.lambda_init
+
+    def validate_differential_attention(self):
+        """Part of `@strict`-powered validation: differential attention pairs heads, so it needs an even count."""
+        if self.use_differential_attention and self.num_attention_heads % 2 != 0:
+            raise ValueError(
+                f"Differential attention pairs heads 2i and 2i+1, so `num_attention_heads` must be even, got "
+                f"{self.num_attention_heads}. Use an even number of heads, or set `use_differential_attention=False`."
+            )
+        if self.lambda_schedule not in LAMBDA_SCHEDULES:
+            raise ValueError(
+                f"`lambda_schedule` must be one of {LAMBDA_SCHEDULES}, got {self.lambda_schedule!r}: 'constant' uses "
+                "`lambda_init` in every layer, 'dynamic' uses 0.8 - 0.6 * exp(-0.3 * layer_idx)."
+            )
+
+
+@strict
+class DiffCLIPTextConfig(_DifferentialAttentionConfigMixin, CLIPTextConfig):
+    r"""
+    Configuration of the DiffCLIP text tower: a causal CLIP text transformer (EOT-token pooling) whose self-attention
+    layers may be differential. The defaults are the text tower of the released DiffCLIP ViT-B/16 checkpoints.
+
+    Args:
+        use_differential_attention (`bool`, *optional*, defaults to `True`):
+            Replace softmax attention by differential attention (Ye et al., 2024) in every layer. `False` gives
+            exactly CLIP's text tower.
+        lambda_init (`float`, *optional*, defaults to 0.8):
+            The constant λ_init added to the learned λ re-parameterisation (with `lambda_schedule="constant"`).
+        lambda_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"` uses `lambda_init` in every layer; `"dynamic"` uses the DiffCLIP* schedule
+            λ_init(l) = 0.8 − 0.6·exp(−0.3·l) for the 0-based layer index l.
+        lambda_std_dev (`float`, *optional*, defaults to 0.1):
+            Standard deviation of the normal initialisation of the λ vectors.
+
+    The remaining fields are those of [`~transformers.CLIPTextConfig`].
+    """
+
+    model_type = "diffclip_text_model"
+    base_config_key = "text_config"
+
+    # The official tokenizer pads with id 0; the model never looks at padding (causal mask, EOT pooling).
+    pad_token_id: int | None = 0
+    use_differential_attention: bool = True
+    lambda_init: float = 0.8
+    lambda_schedule: str = "constant"
+    lambda_std_dev: float = 0.1
+
+
+@strict
+class DiffCLIPVisionConfig(_DifferentialAttentionConfigMixin, CLIPVisionConfig):
+    r"""
+    Configuration of the DiffCLIP vision tower: a ViT with a class token whose self-attention layers may be
+    differential. The defaults are the vision tower of the released DiffCLIP ViT-B/16 checkpoints (timm-style
+    ViT-B/16: biased patch embedding, no pre-encoder LayerNorm, exact GELU).
+
+    Args:
+        use_differential_attention (`bool`, *optional*, defaults to `True`):
+            Replace softmax attention by differential attention in every layer. `False` gives a CLIP vision tower.
+        lambda_init (`float`, *optional*, defaults to 0.8):
+            The constant λ_init (with `lambda_schedule="constant"`).
+        lambda_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"` or `"dynamic"` (λ_init(l) = 0.8 − 0.6·exp(−0.3·l)).
+        lambda_std_dev (`float`, *optional*, defaults to 0.1):
+            Standard deviation of the normal initialisation of the λ vectors.
+        pre_layernorm (`bool`, *optional*, defaults to `False`):
+            Apply a LayerNorm to the embeddings before the encoder, as OpenAI CLIP does (`True`) or not, as the
+            released DiffCLIP checkpoints (`False`).
+        patch_embedding_bias (`bool`, *optional*, defaults to `True`):
+            Give the patch-embedding convolution a bias, as the released checkpoints (`True`); OpenAI CLIP has none.
+
+    The remaining fields are those of [`~transformers.CLIPVisionConfig`].
+    """
+
+    model_type = "diffclip_vision_model"
+    base_config_key = "vision_config"
+
+    patch_size: int | list[int] | tuple[int, int] | None = 16
+    hidden_act: str = "gelu"
+    use_differential_attention: bool = True
+    lambda_init: float = 0.8
+    lambda_schedule: str = "constant"
+    lambda_std_dev: float = 0.1
+    pre_layernorm: bool = False
+    patch_embedding_bias: bool = True
+
+
+@strict
+class DiffCLIPConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`DiffCLIPModel`]: a text tower, a vision tower and their projections into a shared space.
+    The defaults reproduce the released DiffCLIP ViT-B/16 architecture (Hammoud & Ghanem, 2025).
+
+    Args:
+        text_config (`dict` or [`DiffCLIPTextConfig`], *optional*):
+            The text tower's configuration.
+        vision_config (`dict` or [`DiffCLIPVisionConfig`], *optional*):
+            The vision tower's configuration.
+        projection_dim (`int`, *optional*, defaults to 512):
+            Dimension of the shared text-image embedding space.
+        logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
+            Initial value of the learnable log temperature, log(1/0.07) as in CLIP.
+        initializer_factor (`float`, *optional*, defaults to 1.0):
+            Scale of all weight initialisations (kept at 1 except for testing).
+
+    Example:
+
+    ```python
+    >>> from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
+
+    >>> config = DiffCLIPConfig()  # DiffCLIP ViT-B/16, both towers differential
+    >>> clip_baseline = DiffCLIPConfig(
+    ...     text_config={"use_differential_attention": False}, vision_config={"use_differential_attention": False}
+    ... )
+    >>> model = DiffCLIPModel(config)
+    ```
+    """
+
+    model_type = "diffclip"
+    sub_configs_defaults = {"text_config": DiffCLIPTextConfig, "vision_config": DiffCLIPVisionConfig}
+
+    text_config: dict | DiffCLIPTextConfig | None = None
+    vision_config: dict | DiffCLIPVisionConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float | int = 2.6592
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # One shared embedding space: the towers' own projections (used alone by the *WithProjection models) match it.
+        self.text_config.projection_dim = self.projection_dim
+        self.vision_config.projection_dim = self.projection_dim
+
+
+__all__ = ["DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]

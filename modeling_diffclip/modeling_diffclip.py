@@ -1,0 +1,349 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch DiffCLIP: CLIP whose self-attention layers are differential attention.
+
+DiffCLIP (Hammoud & Ghanem, 2025, https://huggingface.co/papers/2503.06626) replaces every softmax attention of
+CLIP by differential attention (Ye et al., 2024, https://huggingface.co/papers/2410.05258). Everything else is CLIP,
+so the models below reuse Transformers' CLIP forward passes and change only the modules they are built from.
+
+This file and `configuration_diffclip.py` are copied next to every saved checkpoint: they must import nothing but
+`torch`, `transformers` and each other (relatively), so that `trust_remote_code=True` loads work without this package.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.clip.modeling_clip import (
+    CLIPAttention,
+    CLIPEncoder,
+    CLIPEncoderLayer,
+    CLIPForImageClassification,
+    CLIPMLP,
+    CLIPModel,
+    CLIPPreTrainedModel,
+    CLIPTextEmbeddings,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPVisionEmbeddings,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+    eager_attention_forward,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+
+from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+class DiffCLIPRMSNorm(nn.Module):
+    """RMSNorm over the last dimension, normalised in float32 and scaled by a learnable weight (eps 1e-5)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = nn.functional.rms_norm(hidden_states.float(), self.weight.shape, eps=self.variance_epsilon)
+        return normed.to(hidden_states.dtype) * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class DiffCLIPAttention(CLIPAttention):
+    """
+    Multi-head differential attention with the released DiffCLIP head layout.
+
+    The `num_attention_heads` query/key heads of size `head_dim = hidden_size / num_attention_heads` are taken in
+    pairs: heads 2i and 2i+1 give the two softmax maps A1, A2 of differential head i, which reads value slice i of
+    width 2·head_dim:
+
+        out_i = (1 − λ_init) · RMSNorm((A1 − λ·A2) · V_i),   λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init
+
+    The projections keep CLIP's names and shapes, so a CLIP checkpoint maps onto this module one to one. Both maps
+    of a pair are computed in one call of the configured attention backend over the `num_attention_heads` heads,
+    each head reading its pair's value slice; the λ-weighted difference is taken on the outputs.
+    """
+
+    def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig, layer_idx: int):
+        super().__init__(config)
+        self.layer_idx = layer_idx
+        self.lambda_init = config.layer_lambda_init(layer_idx)
+        self.lambda_q1 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_k1 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_q2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_k2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.diff_norm = DiffCLIPRMSNorm(2 * self.head_dim, eps=1e-5)
+
+    def lambda_full(self) -> torch.Tensor:
+        """The scalar λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init of this layer, in float32."""
+        lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dtype=torch.float32))
+        lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dtype=torch.float32))
+        return lambda_1 - lambda_2 + self.lambda_init
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): the layer input.
+            attention_mask (`torch.Tensor`, *optional*): additive or boolean mask broadcastable to
+                `(batch_size, 1, seq_len, seq_len)`, as built by the CLIP text model.
+
+        Returns:
+            `attn_output` of shape `(batch_size, seq_len, hidden_size)` and, with the eager backend, the differential
+            maps A1 − λ·A2 of shape `(batch_size, num_attention_heads // 2, seq_len, seq_len)` (each row sums to
+            1 − λ), else `None`.
+        """
+        input_shape = hidden_states.shape[:-1]
+        queries = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        keys = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        values = self.v_proj(hidden_states).view(*input_shape, -1, 2 * self.head_dim).transpose(1, 2)
+        # (batch, heads / 2, seq, 2·head_dim) -> (batch, heads, seq, 2·head_dim): both heads of a pair read slice i
+        values = values.repeat_interleave(2, dim=1)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            queries,
+            keys,
+            values,
+            attention_mask,
+            scaling=self.scale,
+            dropout=0.0 if not self.training else self.dropout,
+            **kwargs,
+        )
+
+        lambda_full = self.lambda_full().to(attn_output.dtype)
+        # attn_output: (batch, seq, heads, 2·head_dim); heads 2i and 2i+1 are the two maps of differential head i
+        attn_output = attn_output[:, :, 0::2] - lambda_full * attn_output[:, :, 1::2]
+        attn_output = self.diff_norm(attn_output) * (1 - self.lambda_init)
+        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1))
+
+        if attn_weights is not None:
+            attn_weights = attn_weights[:, 0::2] - lambda_full.to(attn_weights.dtype) * attn_weights[:, 1::2]
+        return attn_output, attn_weights
+
+
+class DiffCLIPEncoderLayer(CLIPEncoderLayer):
+    """CLIP's pre-norm transformer block, with differential attention when the config asks for it."""
+
+    def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig, layer_idx: int):
+        nn.Module.__init__(self)
+        self.embed_dim = config.hidden_size
+        if config.use_differential_attention:
+            self.self_attn = DiffCLIPAttention(config, layer_idx)
+        else:
+            self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+
+
+class DiffCLIPEncoder(CLIPEncoder):
+    """A stack of `config.num_hidden_layers` [`DiffCLIPEncoderLayer`], layer `l` knowing its index for λ_init(l)."""
+
+    def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        self.layers = nn.ModuleList(
+            [DiffCLIPEncoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.gradient_checkpointing = False
+
+
+class DiffCLIPTextEmbeddings(CLIPTextEmbeddings):
+    """CLIP's token + position embeddings, refusing inputs that are not token ids."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if input_ids is not None and (input_ids.is_floating_point() or input_ids.is_complex()):
+            raise ValueError(
+                f"`input_ids` must be an integer tensor of token ids of shape (batch_size, sequence_length), got "
+                f"dtype {input_ids.dtype}. Tokenize the text with the model's processor."
+            )
+        return super().forward(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
+
+
+class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
+    """CLIP's class token + patch + position embeddings, with an optional patch-embedding bias."""
+
+    def __init__(self, config: DiffCLIPVisionConfig):
+        super().__init__(config)
+        if config.patch_embedding_bias:
+            self.patch_embedding = nn.Conv2d(
+                config.num_channels, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True
+            )
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False) -> torch.Tensor:
+        num_channels = self.config.num_channels
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels or not pixel_values.is_floating_point():
+            raise ValueError(
+                f"`pixel_values` must be a float tensor of shape (batch_size, {num_channels}, height, width), got "
+                f"dtype {pixel_values.dtype} and shape {tuple(pixel_values.shape)}. Preprocess the images with the "
+                "model's processor."
+            )
+        return super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+
+
+class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
+    """Weight initialisation and loading conventions shared by all DiffCLIP models."""
+
+    config: DiffCLIPConfig
+    _no_split_modules = ["DiffCLIPTextEmbeddings", "DiffCLIPEncoderLayer", "DiffCLIPVisionEmbeddings"]
+    _supports_flash_attn = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DiffCLIPAttention):
+            std = module.config.lambda_std_dev
+            for parameter in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
+                init.normal_(parameter, mean=0.0, std=std)
+        elif isinstance(module, DiffCLIPModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class DiffCLIPTextModel(DiffCLIPPreTrainedModel, CLIPTextModel):
+    """
+    The DiffCLIP text tower without projection: `forward(input_ids (batch, seq), attention_mask=None)` returns
+    `last_hidden_state` (batch, seq, hidden) and `pooler_output` (batch, hidden), the final-norm state at the first
+    end-of-text token.
+    """
+
+    config: DiffCLIPTextConfig
+
+    def __init__(self, config: DiffCLIPTextConfig):
+        PreTrainedModel.__init__(self, config)
+        self.embeddings = DiffCLIPTextEmbeddings(config)
+        self.encoder = DiffCLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.eos_token_id = config.eos_token_id
+        self.post_init()
+
+
+class DiffCLIPVisionModel(DiffCLIPPreTrainedModel, CLIPVisionModel):
+    """
+    The DiffCLIP vision tower without projection: `forward(pixel_values (batch, channels, height, width))` returns
+    `last_hidden_state` (batch, 1 + patches, hidden) and `pooler_output` (batch, hidden), the class token after the
+    final LayerNorm.
+    """
+
+    config: DiffCLIPVisionConfig
+
+    def __init__(self, config: DiffCLIPVisionConfig):
+        PreTrainedModel.__init__(self, config)
+        self.embeddings = DiffCLIPVisionEmbeddings(config)
+        # The released checkpoints (a timm ViT) have no LayerNorm between the embeddings and the encoder.
+        if config.pre_layernorm:
+            self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.pre_layrnorm = nn.Identity()
+        self.encoder = DiffCLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+
+class DiffCLIPModel(DiffCLIPPreTrainedModel, CLIPModel):
+    """
+    DiffCLIP dual encoder. `get_text_features(input_ids)` and `get_image_features(pixel_values)` return the projected
+    embeddings, of shape (batch, projection_dim), in `pooler_output`; `forward(input_ids, pixel_values,
+    return_loss=False)` returns a `CLIPOutput` with `logits_per_image` (images, texts), `logits_per_text`, the
+    L2-normalised `image_embeds`/`text_embeds` and, with `return_loss=True`, the symmetric contrastive loss.
+    """
+
+    config: DiffCLIPConfig
+
+    def __init__(self, config: DiffCLIPConfig):
+        PreTrainedModel.__init__(self, config)
+        self.projection_dim = config.projection_dim
+        self.text_embed_dim = config.text_config.hidden_size
+        self.vision_embed_dim = config.vision_config.hidden_size
+
+        self.text_model = DiffCLIPTextModel._from_config(config.text_config)
+        self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
+
+        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` records one Auto class per model class; the zero-shot pipeline's Auto class must
+        # find the same shipped code when this package is absent.
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModelForZeroShotImageClassification": f"{module}.{type(self).__name__}",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class DiffCLIPTextModelWithProjection(DiffCLIPPreTrainedModel, CLIPTextModelWithProjection):
+    """The DiffCLIP text tower and its projection: `forward(input_ids)` returns `text_embeds` (batch, projection_dim)."""
+
+    config: DiffCLIPTextConfig
+
+    def __init__(self, config: DiffCLIPTextConfig):
+        PreTrainedModel.__init__(self, config)
+        self.text_model = DiffCLIPTextModel._from_config(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+
+class DiffCLIPVisionModelWithProjection(DiffCLIPPreTrainedModel, CLIPVisionModelWithProjection):
+    """The DiffCLIP vision tower and its projection: `forward(pixel_values)` returns `image_embeds` (batch, projection_dim)."""
+
+    config: DiffCLIPVisionConfig
+
+    def __init__(self, config: DiffCLIPVisionConfig):
+        PreTrainedModel.__init__(self, config)
+        self.vision_model = DiffCLIPVisionModel._from_config(config)
+        self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+
+
+class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassification):
+    """
+    DiffCLIP vision tower with a linear classifier on the mean of the patch tokens' final hidden states:
+    `forward(pixel_values, labels=None)` returns `logits` of shape (batch, num_labels).
+    """
+
+    config: DiffCLIPConfig
+
+    def __init__(self, config: DiffCLIPConfig):
+        PreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
+        if config.num_labels > 0:
+            self.classifier = nn.Linear(config.vision_config.hidden_size, config.num_labels)
+        else:
+            self.classifier = nn.Identity()
+        self.post_init()
+
+
+__all__ = [
+    "DiffCLIPAttention",
+    "DiffCLIPForImageClassification",
+    "DiffCLIPModel",
+    "DiffCLIPPreTrainedModel",
+    "DiffCLIPTextModel",
+    "DiffCLIPTextModelWithProjection",
+    "DiffCLIPVisionModel",
+    "DiffCLIPVisionModelWithProjection",
+]

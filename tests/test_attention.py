@@ -1,0 +1,124 @@
+"""Differential attention against an independent, straightforward implementation of the paper's formula."""
+
+import math
+
+import pytest
+import torch
+
+from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
+
+
+def reference_differential_attention(attn: DiffCLIPAttention, x: torch.Tensor, mask: torch.Tensor | None):
+    """
+    Loop over differential heads i: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d,
+    out_i = (1 − λ_init) · RMSNorm((A1 − λ A2) V_i) with a learned weight, all in float64.
+    """
+    p = {name: t.detach().double() for name, t in attn.named_parameters()}
+    x = x.double()
+    q = x @ p["q_proj.weight"].T + p["q_proj.bias"]
+    k = x @ p["k_proj.weight"].T + p["k_proj.bias"]
+    v = x @ p["v_proj.weight"].T + p["v_proj.bias"]
+    d = attn.head_dim
+    lam = (
+        math.exp(float(p["lambda_q1"] @ p["lambda_k1"]))
+        - math.exp(float(p["lambda_q2"] @ p["lambda_k2"]))
+        + attn.lambda_init
+    )
+    outputs, maps = [], []
+    for i in range(attn.num_heads // 2):
+        scores = []
+        for head in (2 * i, 2 * i + 1):
+            s = q[..., head * d : (head + 1) * d] @ k[..., head * d : (head + 1) * d].transpose(-1, -2) / math.sqrt(d)
+            if mask is not None:
+                s = s + mask[:, 0].double()
+            scores.append(torch.softmax(s, dim=-1))
+        diff_map = scores[0] - lam * scores[1]
+        o = diff_map @ v[..., 2 * i * d : (2 * i + 2) * d]
+        o = o / torch.sqrt((o * o).mean(-1, keepdim=True) + 1e-5) * p["diff_norm.weight"] * (1 - attn.lambda_init)
+        outputs.append(o)
+        maps.append(diff_map)
+    out = torch.cat(outputs, dim=-1) @ p["out_proj.weight"].T + p["out_proj.bias"]
+    return out, torch.stack(maps, dim=1), lam
+
+
+def make_attention(implementation: str, layer_idx: int = 3, **config_kwargs) -> DiffCLIPAttention:
+    config = DiffCLIPTextConfig(hidden_size=48, num_attention_heads=6, **config_kwargs)
+    config._attn_implementation = implementation
+    torch.manual_seed(0)
+    attn = DiffCLIPAttention(config, layer_idx=layer_idx).eval()
+    with torch.no_grad():  # non-trivial λ vectors and norm weight, so every term of the formula matters
+        for name, param in attn.named_parameters():
+            if name.startswith("lambda_"):
+                param.normal_(0, 0.3)
+            elif name == "diff_norm.weight":
+                param.uniform_(0.5, 1.5)
+            else:
+                param.normal_(0, 0.2)
+    return attn
+
+
+def causal_padding_mask(lengths: list[int], seq_len: int) -> torch.Tensor:
+    """Additive (batch, 1, seq, seq) mask: causal, and keys past each sequence's length masked."""
+    causal = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool))
+    keys_kept = torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
+    allowed = causal[None] & keys_kept[:, None, :]
+    return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_matches_reference_formula(implementation, with_mask):
+    attn = make_attention(implementation)
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 48)
+    mask = causal_padding_mask([7, 5, 2], 7) if with_mask else None
+    expected, expected_maps, lam = reference_differential_attention(attn, x, mask)
+    out, maps = attn(x, attention_mask=mask, output_attentions=True)
+    assert out.shape == (3, 7, 48)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn.lambda_full().item(), lam, atol=1e-6, rtol=1e-6)
+    if implementation == "eager":  # fused backends return no maps, as in Transformers' CLIP
+        assert maps.shape == (3, 3, 7, 7)
+        torch.testing.assert_close(maps.double(), expected_maps, atol=1e-6, rtol=1e-5)
+    else:
+        assert maps is None
+
+
+def test_eager_and_sdpa_agree_forward_and_backward():
+    torch.manual_seed(2)
+    x = torch.randn(2, 9, 48)
+    mask = causal_padding_mask([9, 4], 9)
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        attn = make_attention(implementation).train()
+        inputs = x.clone().requires_grad_(True)
+        out, _ = attn(inputs, attention_mask=mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {name: param.grad for name, param in attn.named_parameters()}
+        results[implementation] = (out, inputs.grad, grads)
+    eager, sdpa = results["eager"], results["sdpa"]
+    torch.testing.assert_close(sdpa[0], eager[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa[1], eager[1], atol=1e-5, rtol=1e-5)
+    for name in eager[2]:
+        torch.testing.assert_close(sdpa[2][name], eager[2][name], atol=1e-5, rtol=1e-5, msg=name)
+    assert eager[2]["lambda_q1"].abs().sum() > 0  # λ is learned through the differential term
+
+
+def test_rows_of_differential_maps_sum_to_one_minus_lambda():
+    attn = make_attention("eager")
+    x = torch.randn(2, 5, 48)
+    _, maps = attn(x, attention_mask=causal_padding_mask([5, 3], 5), output_attentions=True)
+    lam = attn.lambda_full().item()
+    torch.testing.assert_close(maps.sum(-1), torch.full((2, 3, 5), 1 - lam), atol=1e-5, rtol=0)
+
+
+def test_dynamic_schedule_sets_lambda_init_per_layer():
+    for layer_idx in (0, 1, 5, 11):
+        attn = make_attention("eager", layer_idx=layer_idx, lambda_schedule="dynamic")
+        assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer_idx))
+        x = torch.randn(1, 4, 48)
+        expected, _, _ = reference_differential_attention(attn, x, None)
+        torch.testing.assert_close(attn(x)[0].double(), expected, atol=1e-5, rtol=1e-5)
+    constant = make_attention("eager", layer_idx=7, lambda_init=0.5)
+    assert constant.lambda_init == 0.5
+

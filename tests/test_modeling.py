@@ -1,0 +1,226 @@
+"""DiffCLIP models: variants, CLIP equivalence, backends, outputs, saving, and input errors."""
+
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+from transformers import CLIPConfig, CLIPModel
+from transformers.models.clip.modeling_clip import CLIPAttention
+
+from modeling_diffclip import (
+    DiffCLIPAttention,
+    DiffCLIPConfig,
+    DiffCLIPForImageClassification,
+    DiffCLIPModel,
+    DiffCLIPTextModelWithProjection,
+    DiffCLIPVisionModelWithProjection,
+)
+
+
+VARIANTS = {
+    "clip": (False, False, "constant"),
+    "diffclip": (True, True, "constant"),
+    "diffclip-vision": (False, True, "constant"),
+    "diffclip-dynamic": (True, True, "dynamic"),
+}
+
+
+def variant_config(variant: str, **kwargs) -> DiffCLIPConfig:
+    text_diff, vision_diff, schedule = VARIANTS[variant]
+    return DiffCLIPConfig(
+        **tiny_config_kwargs(
+            text=dict(use_differential_attention=text_diff, lambda_schedule=schedule),
+            vision=dict(use_differential_attention=vision_diff, lambda_schedule=schedule),
+            **kwargs,
+        )
+    )
+
+
+def comparable(config) -> dict:
+    """A config's fields without those that saving fills in (path, dtype)."""
+    def strip(d):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in ("_name_or_path", "dtype")}
+
+    return strip(config.to_dict())
+
+
+def batch(with_padding=True):
+    """Two captions (the second padded with id 0 after its end-of-text token) and two 32-px images."""
+    input_ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407], [49406, 320, 1929, 49407, 0, 0, 0]])
+    attention_mask = (input_ids != 0).long() if with_padding else None
+    generator = torch.Generator().manual_seed(0)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=torch.randn(2, 3, 32, 32, generator=generator))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_build_the_right_attention(variant):
+    text_diff, vision_diff, schedule = VARIANTS[variant]
+    model = DiffCLIPModel(variant_config(variant)).eval()
+    for tower, differential in ((model.text_model, text_diff), (model.vision_model, vision_diff)):
+        for layer_idx, layer in enumerate(tower.encoder.layers):
+            attn = layer.self_attn
+            assert isinstance(attn, DiffCLIPAttention) == differential
+            assert isinstance(attn, CLIPAttention)
+            if differential:
+                expected = 0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if schedule == "dynamic" else 0.8
+                assert attn.lambda_init == pytest.approx(expected)
+    has_lambda = any("lambda_q1" in name for name in model.state_dict())
+    assert has_lambda == (text_diff or vision_diff)
+    with torch.no_grad():
+        out = model(**batch(), return_loss=True)
+    assert out.logits_per_image.shape == (2, 2)
+    assert torch.isfinite(out.loss)
+
+
+def test_without_differential_attention_it_is_clip():
+    """Both towers off, CLIP's vision switches on: a Transformers CLIPModel state dict loads one to one."""
+    kwargs = tiny_config_kwargs(
+        text=dict(use_differential_attention=False),
+        vision=dict(use_differential_attention=False, pre_layernorm=True, patch_embedding_bias=False,
+                    hidden_act="quick_gelu"),
+    )
+    clip_kwargs = tiny_config_kwargs()
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(**clip_kwargs)).eval()
+    model = DiffCLIPModel(DiffCLIPConfig(**kwargs)).eval()
+    result = model.load_state_dict(clip.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    inputs = batch()
+    with torch.no_grad():
+        expected, actual = clip(**inputs), model(**inputs)
+    torch.testing.assert_close(actual.logits_per_image, expected.logits_per_image, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(actual.text_embeds, expected.text_embeds, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(actual.image_embeds, expected.image_embeds, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["diffclip", "diffclip-vision"])
+def test_eager_and_sdpa_models_agree_forward_and_backward(variant):
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = DiffCLIPModel(variant_config(variant))
+        model.set_attn_implementation(implementation)
+        out = model(**batch(), return_loss=True)
+        out.loss.backward()
+        results[implementation] = (out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (eager, eager_grads), (sdpa, sdpa_grads) = results["eager"], results["sdpa"]
+    torch.testing.assert_close(sdpa.logits_per_image, eager.logits_per_image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa.loss, eager.loss, atol=1e-5, rtol=1e-5)
+    assert eager_grads.keys() == sdpa_grads.keys()
+    assert any("lambda" in name for name in eager_grads)
+    for name, grad in eager_grads.items():
+        # fp32 sums over the batch and sequence: compare at 1e-5 of each gradient's own scale
+        scale = max(1.0, grad.abs().max().item())
+        assert (sdpa_grads[name] - grad).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_output_attentions_returns_differential_maps():
+    model = DiffCLIPModel._from_config(variant_config("diffclip-vision"), attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = model(**batch(), output_attentions=True)
+    vision_maps = out.vision_model_output.attentions
+    text_maps = out.text_model_output.attentions
+    assert len(vision_maps) == len(text_maps) == 2
+    for layer, maps in zip(model.vision_model.encoder.layers, vision_maps):
+        assert maps.shape == (2, 2, 17, 17)  # 4 heads pair into 2 differential heads; 16 patches + class token
+        lam = layer.self_attn.lambda_full().item()
+        torch.testing.assert_close(maps.sum(-1), torch.full_like(maps.sum(-1), 1 - lam), atol=1e-5, rtol=0)
+    for maps in text_maps:  # plain CLIP attention in the text tower of DiffCLIP†
+        assert maps.shape == (2, 4, 7, 7)
+        torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=1e-5, rtol=0)
+        assert maps[1, :, 0, 1:].abs().max() == 0  # causal: the first token attends only to itself
+
+
+def test_save_and_load_round_trip_in_safetensors(tmp_path):
+    torch.manual_seed(0)
+    model = DiffCLIPModel(variant_config("diffclip-dynamic")).eval()
+    with torch.no_grad():
+        model.text_model.encoder.layers[1].self_attn.lambda_q2.fill_(0.25)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = DiffCLIPModel.from_pretrained(tmp_path).eval()
+    assert comparable(loaded.config) == comparable(model.config)
+    for (name, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=name)
+    assert loaded.vision_model.encoder.layers[1].self_attn.lambda_init == pytest.approx(0.8 - 0.6 * 0.7408182206817179)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch()).logits_per_image, model(**batch()).logits_per_image, atol=0, rtol=0)
+
+
+def test_towers_with_projection_load_from_a_dual_encoder_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = DiffCLIPModel(variant_config("diffclip")).eval()
+    model.save_pretrained(tmp_path)
+    inputs = batch()
+    text = DiffCLIPTextModelWithProjection.from_pretrained(tmp_path).eval()
+    vision = DiffCLIPVisionModelWithProjection.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        text_embeds = text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).text_embeds
+        image_embeds = vision(pixel_values=inputs["pixel_values"]).image_embeds
+        expected_text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        expected_image = model.get_image_features(pixel_values=inputs["pixel_values"])
+    torch.testing.assert_close(text_embeds, expected_text.pooler_output)
+    torch.testing.assert_close(image_embeds, expected_image.pooler_output)
+
+
+def test_image_classification_head():
+    config = variant_config("diffclip", num_labels=5)
+    model = DiffCLIPForImageClassification(config)
+    out = model(pixel_values=batch()["pixel_values"], labels=torch.tensor([1, 4]))
+    assert out.logits.shape == (2, 5)
+    out.loss.backward()
+    assert model.vision_model.encoder.layers[0].self_attn.lambda_q1.grad is not None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = DiffCLIPModel(variant_config("diffclip")).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.vision_model.encoder.layers[0].gradient_checkpointing
+        model(**batch(), return_loss=True).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_interpolate_pos_encoding():
+    model = DiffCLIPModel(variant_config("diffclip")).eval()
+    pixel_values = batch()["pixel_values"]
+    with torch.no_grad():
+        native = model.get_image_features(pixel_values=pixel_values).pooler_output
+        same_size = model.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=True).pooler_output
+        larger = model.get_image_features(pixel_values=torch.randn(2, 3, 48, 64), interpolate_pos_encoding=True)
+    torch.testing.assert_close(same_size, native)
+    assert larger.pooler_output.shape == (2, 16)
+    assert larger.last_hidden_state.shape == (2, 1 + 6 * 8, 32)
+    with pytest.raises(ValueError, match="doesn't match model"):
+        model.get_image_features(pixel_values=torch.randn(2, 3, 48, 48))
+
+
+def test_wrong_inputs_get_clear_errors():
+    model = DiffCLIPModel(variant_config("diffclip")).eval()
+    inputs = batch()
+    with pytest.raises(ValueError, match="input_ids.*integer tensor of token ids"):
+        model.get_text_features(input_ids=inputs["input_ids"].float())
+    with pytest.raises(ValueError, match=r"pixel_values.*\(batch_size, 3, height, width\)"):
+        model.get_image_features(pixel_values=inputs["pixel_values"][:, :1])
+    with pytest.raises(ValueError, match="pixel_values.*float tensor"):
+        model.get_image_features(pixel_values=(inputs["pixel_values"] * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.get_image_features(pixel_values=inputs["pixel_values"][0])
+
+
+def test_flex_attention_backend_matches_eager():
+    """flex_attention compiles its kernel on first use (about 15 s on 2 CPU cores), so one small model only."""
+    config = variant_config("diffclip")
+    config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 1
+    torch.manual_seed(0)
+    model = DiffCLIPModel(config).eval()
+    with torch.no_grad():
+        expected = model(**batch()).logits_per_image
+        model.set_attn_implementation("flex_attention")
+        actual = model(**batch()).logits_per_image
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
