@@ -17,6 +17,25 @@ logger = logging.get_logger(__name__)
 
 LAMBDA_SCHEDULES = ("constant", "dynamic")
 
+# The paper's models as (text tower differential, vision tower differential, λ_init schedule).
+VARIANTS = {
+    "clip": (False, False, "constant"),
+    "diffclip": (True, True, "constant"),
+    "diffclip-vision": (False, True, "constant"),  # DiffCLIP†
+    "diffclip-dynamic": (True, True, "dynamic"),  # DiffCLIP*
+}
+
+
+def variant_tower_kwargs(variant: str) -> tuple[dict, dict]:
+    """The text and vision config fields that make `variant` (a key of `VARIANTS`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    text_differential, vision_differential, schedule = VARIANTS[variant]
+    return (
+        dict(use_differential_attention=text_differential, lambda_schedule=schedule),
+        dict(use_differential_attention=vision_differential, lambda_schedule=schedule),
+    )
+
 
 class _DifferentialAttentionConfigMixin:
     """Fields and checks shared by both tower configs (declared on each dataclass, validated here)."""
@@ -156,6 +175,30 @@ class DiffCLIPConfig(PreTrainedConfig):
         # One shared embedding space: the towers' own projections (used alone by the *WithProjection models) match it.
         self.text_config.projection_dim = self.projection_dim
         self.vision_config.projection_dim = self.projection_dim
+
+    @classmethod
+    def from_clip_config(cls, clip_config, variant: str = "diffclip", **kwargs) -> "DiffCLIPConfig":
+        """
+        The DiffCLIP config of a Transformers `CLIPConfig`: every CLIP field kept (OpenAI CLIP's pre-encoder
+        LayerNorm and bias-free patch embedding included), differential attention set by `variant`, one of
+        `VARIANTS`. With `variant="clip"` the model is exactly the CLIP model.
+        """
+        text_kwargs, vision_kwargs = variant_tower_kwargs(variant)
+        shared = dict(projection_dim=clip_config.projection_dim,
+                      logit_scale_init_value=clip_config.logit_scale_init_value,
+                      initializer_factor=clip_config.initializer_factor)
+        text_config = {**_tower_fields(clip_config.text_config), **text_kwargs}
+        vision_config = {**_tower_fields(clip_config.vision_config), **vision_kwargs,
+                         "pre_layernorm": True, "patch_embedding_bias": False}
+        return cls(text_config=text_config, vision_config=vision_config, **{**shared, **kwargs})
+
+
+def _tower_fields(tower_config) -> dict:
+    """A CLIP tower config's own fields, without the bookkeeping that `to_dict` adds."""
+    fields = tower_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype"):
+        fields.pop(key, None)
+    return fields
 
 
 __all__ = ["DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]

@@ -1,6 +1,7 @@
 """Shared test set-up: offline Hub, tiny configs, and the read-only fixtures in ../shared/fixtures."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # the scripts under convert/ and examples/ are imported by their tests
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = SHARED_FIXTURES / "official-diffclip-tiny"
 
@@ -34,7 +36,7 @@ def tiny_config():
     return DiffCLIPConfig(**tiny_config_kwargs())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def official_tiny():
     """The tiny checkpoint in the released layout, with the official implementation's inputs and outputs."""
     if not OFFICIAL_TINY.is_dir():

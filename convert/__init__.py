@@ -1,0 +1,1 @@
+"""Conversion scripts: thin command-line tools, importable by the tests."""
