@@ -1,10 +1,14 @@
 """Shared test set-up: offline Hub, tiny configs, and the read-only fixtures in ../shared/fixtures."""
 
+import json
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+from hub_server import HubServer
 
 
 # No test may reach the network; these must be set before transformers/huggingface_hub read them.
@@ -42,3 +46,38 @@ def official_tiny():
     if not OFFICIAL_TINY.is_dir():
         pytest.skip(f"{OFFICIAL_TINY} is absent: the official fixtures live in ../shared, beside the checkout")
     return OFFICIAL_TINY
+
+
+# Prepended to a subprocess script, makes `import modeling_diffclip` fail there, as where this package is absent.
+WITHOUT_MODELING_DIFFCLIP = """
+import importlib.abc, sys
+
+class _NoDiffCLIP(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "modeling_diffclip":
+            raise ModuleNotFoundError("modeling_diffclip is not installed here")
+
+sys.meta_path.insert(0, _NoDiffCLIP())
+"""
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with HubServer(tmp_path / "hub-storage") as server:
+        yield server
+    # Every route a client used is one the server knows, and nothing went near xet or LFS.
+    assert server.unhandled == []
+    assert not [line for line in server.requests if "xet" in line.lower() or "lfs" in line.lower()]
+
+
+def run_client(hub, tmp_path, script, home="hf-home"):
+    """Run `script` against `hub` in a fresh interpreter and return the JSON it printed last."""
+    env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN="test-token", HF_HOME=str(tmp_path / home), NO_PROXY="127.0.0.1",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", WORK=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+

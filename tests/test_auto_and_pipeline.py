@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import WITHOUT_MODELING_DIFFCLIP, tiny_config_kwargs
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -91,16 +91,9 @@ def test_saved_folder_loads_without_this_package(saved_model, tmp_path):
     auto_map = json.loads((saved_model / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_diffclip.DiffCLIPModel"
 
-    script = textwrap.dedent(
+    script = WITHOUT_MODELING_DIFFCLIP + textwrap.dedent(
         f"""
-        import importlib.abc, json, sys
-
-        class NoDiffCLIP(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "modeling_diffclip":
-                    raise ModuleNotFoundError("modeling_diffclip is not installed here")
-
-        sys.meta_path.insert(0, NoDiffCLIP())
+        import json, sys
         import numpy as np, torch
         from PIL import Image
         from transformers import AutoModel, AutoProcessor, pipeline

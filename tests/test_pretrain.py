@@ -1,0 +1,231 @@
+"""examples/pretrain.py, run for real with `accelerate launch`: 1 and 2 CPU processes, resuming after SIGKILL,
+streaming, bad samples, the demo, and the errors raised before training."""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+from shapes import render  # noqa: E402
+
+
+PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")
+NUM_SAMPLES, BAD_KEYS = 48, {"000005": "corrupt image", "000030": "corrupt image", "000017": "empty caption"}
+COMMON = ["--max_steps", "12", "--logging_steps", "1", "--num_workers", "0", "--learning_rate", "1e-3"]
+
+
+def write_webdataset(root, shards=2):
+    """img2dataset's layout: {key}.jpg and {key}.txt in tar shards; three samples are broken on purpose."""
+    root.mkdir(parents=True, exist_ok=True)
+    per_shard = NUM_SAMPLES // shards
+    for shard in range(shards):
+        with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
+            for index in range(shard * per_shard, (shard + 1) * per_shard):
+                key = f"{index:06d}"
+                image, caption, _ = render(random.Random(index), 32)
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=95)
+                jpg = buffer.getvalue() if BAD_KEYS.get(key) != "corrupt image" else b"\xff\xd8not a jpeg at all"
+                txt = b"" if BAD_KEYS.get(key) == "empty caption" else caption.encode()
+                for name, payload in ((f"{key}.jpg", jpg), (f"{key}.txt", txt)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return root
+
+
+@pytest.fixture(scope="module")
+def webdataset(tmp_path_factory):
+    return write_webdataset(tmp_path_factory.mktemp("wds") / "shards")
+
+
+def launch(*args, processes=1, background=False, timeout=600, config_file=None):
+    """`accelerate launch` as a user would type it; 2 CPU processes need ACCELERATE_USE_CPU (see README)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file:
+        env["ACCELERATE_USE_CPU"] = "true"
+        command += ["--config_file", str(config_file), "--num_processes", str(processes), "--main_process_port", "0"]
+    elif processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"
+        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]
+    else:
+        command += ["--num_processes", "1"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", PRETRAIN, *map(str, args)]
+    if background:  # its own process group, so that the launcher and its workers can be killed together
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return completed.stdout + completed.stderr
+
+
+def metrics(output_dir) -> dict[int, dict]:
+    """The last logged record of each step (a resumed run logs again the steps after its checkpoint)."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record for record in records}
+
+
+@pytest.fixture(scope="module")
+def one_process_run(webdataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs") / "one"
+    log = launch("--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 8,
+                 "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON)
+    return output, log
+
+
+def test_two_processes_train_exactly_like_one(webdataset, one_process_run, tmp_path):
+    one, _ = one_process_run
+    two = tmp_path / "two"
+    log = launch("--dataset", webdataset, "--output_dir", two, "--per_device_batch_size", 4, *COMMON, processes=2)
+    assert "process 0 of 2" in log and "process 1 of 2" in log
+    results = json.loads((two / "eval_results.json").read_text())
+    assert results["num_processes"] == 2 and results["global_batch_size"] == 8 and results["global_step"] == 12
+    single, double = metrics(one), metrics(two)
+    assert sorted(single) == sorted(double) == list(range(1, 13))
+    for step in single:  # the same global batches and the same gradients, so the same losses
+        assert double[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4, abs=1e-5), step
+    assert double[12]["skipped_samples"] == single[12]["skipped_samples"]
+
+
+def test_fsdp_config_trains_like_one_process(webdataset, one_process_run, tmp_path):
+    """The shipped FSDP config (with 2 CPU processes instead of 8 GPUs): parameters sharded, same training."""
+    one, _ = one_process_run
+    output = tmp_path / "fsdp"
+    log = launch("--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 4, *COMMON,
+                 "--mixed_precision", "no", processes=2, config_file=REPO_ROOT / "examples/configs/fsdp.yaml")
+    assert "process 1 of 2" in log
+    single, sharded = metrics(one), metrics(output)
+    for step in (1, 6, 12):
+        assert sharded[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4, abs=1e-5), step
+    full = load_file(output / "model" / "model.safetensors")  # gathered into one full state dict
+    assert full.keys() == load_file(one / "model" / "model.safetensors").keys()
+
+
+def test_bad_samples_are_skipped_and_counted(one_process_run):
+    output, _ = one_process_run
+    results = json.loads((output / "eval_results.json").read_text())
+    # 12 steps of 8 = 96 samples = two epochs over 48, each epoch skipping the 3 broken samples
+    assert results["skipped_samples"] == 2 * len(BAD_KEYS)
+    assert results["global_step"] == 12 and results["num_processes"] == 1
+
+
+def test_loss_learning_rate_temperature_and_every_lambda_are_logged(one_process_run):
+    output, _ = one_process_run
+    record = metrics(output)[12]
+    lambdas = {key for key in record if key.startswith("lambda/")}
+    assert lambdas == {f"lambda/{tower}/layer_{i}" for tower in ("text", "vision") for i in range(2)}
+    assert {"loss", "learning_rate", "logit_scale", "images_per_second"} <= set(record)
+    assert metrics(output)[1]["loss"] > record["loss"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((output / "logs").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"loss", "lambda/vision/layer_1", "logit_scale"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("lambda/text/layer_0")) == 12
+
+
+def test_checkpoints_are_complete_and_rotated(one_process_run):
+    output, _ = one_process_run
+    checkpoints = sorted(p.name for p in output.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-12", "checkpoint-8"]  # --checkpoints_total_limit 2
+    assert not list(output.glob(".checkpoint-*"))
+    state = json.loads((output / "checkpoint-12" / "training_state.json").read_text())
+    assert state["global_step"] == 12 and state["epoch"] == 1
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_model(webdataset, one_process_run, tmp_path):
+    reference, _ = one_process_run
+    output = tmp_path / "killed"
+    args = ["--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 8, "--checkpointing_steps", 4,
+            "--report_to", "tensorboard", *COMMON]
+    process = launch(*args, background=True)
+    deadline = time.time() + 300
+    while not (output / "checkpoint-4").is_dir():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (output / "eval_results.json").exists()  # it really died mid-run
+    launch(*args, "--resume_from_checkpoint", "latest")
+    expected = load_file(reference / "model" / "model.safetensors")
+    actual = load_file(output / "model" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=0, rtol=0, msg=name)
+
+
+def test_streaming_splits_shards_across_processes(webdataset, tmp_path):
+    output = tmp_path / "streamed"
+    launch("--dataset", webdataset, "--streaming", "--output_dir", output, "--per_device_batch_size", 4,
+           "--max_steps", 6, "--num_workers", "0", processes=2)
+    results = json.loads((output / "eval_results.json").read_text())
+    # one epoch: each process reads its own shard of 24, so every broken sample is met exactly once
+    assert results["skipped_samples"] == len(BAD_KEYS) and results["num_processes"] == 2
+
+
+def test_demo_output_loads_in_the_pipeline(tmp_path):
+    output = tmp_path / "demo"
+    log = launch("--output_dir", output, "--max_steps", 20)
+    results = json.loads((output / "eval_results.json").read_text())
+    assert {"zeroshot_top1", "num_classes", "num_processes", "global_step", "args"} <= set(results)
+    assert results["num_classes"] == 30 and results["global_step"] == 20
+    assert "Zero-shot top-1 on the held-out split" in log
+    from transformers import AutoProcessor, pipeline
+
+    import modeling_diffclip  # noqa: F401  (registers the Auto classes)
+
+    classify = pipeline("zero-shot-image-classification", model=str(output / "model"))
+    image, _, _ = render(random.Random(7), 32)
+    scores = classify(image, candidate_labels=["a red circle", "a blue star"])
+    assert abs(sum(s["score"] for s in scores) - 1) < 1e-5
+    assert AutoProcessor.from_pretrained(output / "model").tokenizer.model_max_length == 16
+    card = (output / "model" / "README.md").read_text()
+    assert "zeroshot_top1" in card and "pipeline_tag: zero-shot-image-classification" in card
+
+
+@pytest.fixture
+def pretrain_main():
+    import pretrain
+
+    return pretrain
+
+
+def test_errors_before_training(pretrain_main, webdataset, one_process_run, tmp_path):
+    run, _ = one_process_run
+    RunError, DataError = pretrain_main.RunError, pretrain_main.DataError
+    cases = [
+        (["--dataset", str(tmp_path / "nowhere")], DataError, "not found"),
+        (["--dataset", str(webdataset), "--caption_column", "caption"], DataError, r"no caption column.*__key__"),
+        (["--dataset", str(webdataset), "--global_batch_size", "10", "--gradient_accumulation_steps", "3"],
+         RunError, "does not divide into 1 processes × 3 accumulation steps"),
+        (["--dataset", str(webdataset), "--streaming"], RunError, "give --max_steps"),
+        (["--dataset", str(webdataset), "--output_dir", str(run), "--per_device_batch_size", "8", *COMMON], RunError,
+         "already holds a run"),
+        (["--dataset", str(webdataset), "--output_dir", str(run), "--per_device_batch_size", "8", "--variant", "clip",
+          "--resume_from_checkpoint", "latest", *COMMON], RunError, r"another run or model.*variant \('diffclip' vs 'clip'\)"),
+        (["--resume_from_checkpoint", str(webdataset)], RunError, "not a checkpoint of this script"),
+        (["--model_config", "vit-h-14"], RunError, "not one of"),
+    ]
+    for argv, error, message in cases:
+        output = ["--output_dir", str(tmp_path / "out")] if "--output_dir" not in argv else []
+        with pytest.raises(error, match=message):
+            pretrain_main.main([*argv, *output])
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    completed = subprocess.run([sys.executable, PRETRAIN, "--output_dir", str(tmp_path), "--global_batch_size", "10",
+                                "--gradient_accumulation_steps", "3"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: --global_batch_size 10 does not divide")
