@@ -54,21 +54,22 @@ def load_image_text_dataset(
         raise DataError(f"dataset {name_or_path!r} cannot be read as asked: {error}") from None
 
 
-def resolve_columns(
-    dataset: datasets.Dataset | datasets.IterableDataset, image_column: str | None, caption_column: str | None
-) -> tuple[str, str]:
-    """The image and caption columns: as given, or the first of the usual names the dataset has."""
+def find_column(dataset, given: str | None, candidates: tuple[str, ...], kind: str) -> str:
+    """The `kind` column: `given`, or the first of the usual `candidates` the dataset has."""
     columns = list(dataset.column_names or dataset.features or [])
-    resolved = []
-    for given, candidates, kind in ((image_column, IMAGE_COLUMNS, "image"), (caption_column, CAPTION_COLUMNS, "caption")):
-        column = given or next((c for c in candidates if c in columns), None)
-        if column is None or column not in columns:
-            raise DataError(
-                f"the dataset has no {kind} column {given or ' / '.join(candidates)!r}; its columns are {columns}. "
-                f"Name it with --{kind}_column."
-            )
-        resolved.append(column)
-    return resolved[0], resolved[1]
+    column = given or next((c for c in candidates if c in columns), None)
+    if column is None or column not in columns:
+        raise DataError(
+            f"the dataset has no {kind} column {given or ' / '.join(candidates)!r}; its columns are {columns}. "
+            f"Name it with --{kind}_column."
+        )
+    return column
+
+
+def resolve_columns(dataset, image_column: str | None, caption_column: str | None) -> tuple[str, str]:
+    """The image and caption columns: as given, or the first of the usual names the dataset has."""
+    return (find_column(dataset, image_column, IMAGE_COLUMNS, "image"),
+            find_column(dataset, caption_column, CAPTION_COLUMNS, "caption"))
 
 
 def without_image_decoding(dataset, image_column: str):

@@ -26,13 +26,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from image_text_data import (
+    IMAGE_COLUMNS,
     Collator,
     DataError,
     ExampleEncoder,
-    decode_image,
     ImageTransform,
     MapStyleImageText,
     StreamingImageText,
+    decode_image,
+    find_column,
     load_image_text_dataset,
     resolve_columns,
     without_image_decoding,
@@ -43,7 +45,7 @@ from shapes import load_shapes
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
-from zeroshot import classification_metrics, zero_shot_classifier
+from protocols import classification_metrics, zero_shot_prompts, zero_shot_weights
 
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 from modeling_diffclip.configuration_diffclip import VARIANTS, variant_tower_kwargs
@@ -312,7 +314,7 @@ def load_eval_split(args):
             f"--eval_dataset needs a ClassLabel column {args.eval_label_column!r} (its names are the class names); "
             f"its columns are {list(dataset.features)}. Name it with --eval_label_column."
         )
-    image_column, _ = resolve_columns(dataset, None, args.eval_label_column)
+    image_column = find_column(dataset, None, IMAGE_COLUMNS, "image")
     return without_image_decoding(dataset, image_column), image_column, args.eval_label_column, label.names, templates
 
 
@@ -322,8 +324,11 @@ def evaluate_zero_shot(model, processor, eval_split, transform, batch_size: int)
     dataset, image_column, label_column, classnames, templates = eval_split
     model.eval()
     device = model.device
-    classifier = zero_shot_classifier(model, processor.tokenizer, classnames, templates, device,
-                                      context_length=model.config.text_config.max_position_embeddings)
+    context_length = model.config.text_config.max_position_embeddings
+
+    prompts = processor.tokenizer(zero_shot_prompts(classnames, templates), padding="max_length",
+                                  max_length=context_length, truncation=True, return_tensors="pt").to(device)
+    classifier = zero_shot_weights(model.get_text_features(**prompts).pooler_output, len(classnames))
     logits = []
     for start in range(0, len(dataset), batch_size):
         images = [decode_image(value) for value in dataset[start : start + batch_size][image_column]]

@@ -1,0 +1,155 @@
+"""Compare evaluation results side by side, with differences, and draw the paper-style plots.
+
+    python examples/compare.py results/*.json [--baseline MODEL] [--plot_dir plots]
+
+Reads the JSON written by `examples/evaluate.py --output` (any number of files, any tasks and datasets) and prints a
+Markdown table, one row per task, dataset and metric, one column per model, and the difference of every model to
+the baseline (the first model by default), as in the paper's Tables 1-2. Draws grouped bars of each task's main
+metric per dataset (Figures 1 and 5) and a radar plot of the MMVP-VLM categories (Figure 4).
+"""
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class CompareError(ValueError):
+    """Results that cannot be compared as asked."""
+
+
+def load_records(paths: list[str]) -> list[dict]:
+    records = []
+    for path in paths:
+        try:
+            content = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CompareError(f"{path} is not a results file of evaluate.py: {error}") from None
+        for record in content if isinstance(content, list) else [content]:
+            if not {"model", "task", "dataset", "metrics"} <= set(record):
+                raise CompareError(f"{path} holds a record without model/task/dataset/metrics.")
+            records.append(record)
+    if not records:
+        raise CompareError("no results to compare.")
+    return records
+
+
+def short_name(model: str) -> str:
+    return Path(model).name or model
+
+
+def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list[tuple]]:
+    """(models, rows): each row (task, dataset, metric, {model: value}), main metrics first."""
+    models = list(dict.fromkeys(record["model"] for record in records))
+    if baseline not in models:
+        raise CompareError(f"--baseline {baseline!r} is not among the models: {models}.")
+    models.remove(baseline)
+    models.insert(0, baseline)
+    table = defaultdict(dict)
+    main_metrics = {}
+    for record in records:
+        key = (record["task"], record["dataset"])
+        main_metrics[key] = record.get("main_metric")
+        for metric, value in record["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table[key + (metric,)][record["model"]] = float(value)
+    rows = sorted(table.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != main_metrics[item[0][:2]],
+                                                   item[0][2]))
+    return models, [(task, dataset, metric, values) for (task, dataset, metric), values in rows]
+
+
+def markdown(models: list[str], rows: list[tuple]) -> str:
+    baseline, others = models[0], models[1:]
+    header = ["task", "dataset", "metric", *map(short_name, models), *(f"Δ {short_name(m)}" for m in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, dataset, metric, values in rows:
+        cells = [task, short_name(dataset), metric]
+        cells += [f"{values[m]:.4f}" if m in values else "" for m in models]
+        cells += [f"{values[m] - values[baseline]:+.4f}" if m in values and baseline in values else "" for m in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
+    """Per task, the main metric of every model on every dataset, as grouped bars."""
+    written = []
+    for task in sorted({record["task"] for record in records if record["task"] != "mmvp"}):
+        values = defaultdict(dict)
+        for record in records:
+            if record["task"] == task:
+                values[short_name(record["dataset"])][record["model"]] = record["metrics"][record["main_metric"]]
+        datasets = sorted(values)
+        width = 0.8 / len(models)
+        figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(datasets) * len(models)), 3.5))
+        for index, model in enumerate(models):
+            heights = [values[d].get(model, 0.0) for d in datasets]
+            positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
+            bars = axes.bar(positions, heights, width, label=short_name(model))
+            axes.bar_label(bars, fmt="%.3f", fontsize=7)
+        axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+        axes.set_ylabel(next(r["main_metric"] for r in records if r["task"] == task))
+        axes.set_title(task.replace("_", " "))
+        axes.legend(fontsize=8)
+        figure.tight_layout()
+        path = plot_dir / f"{task}_bars.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path | None:
+    """MMVP-VLM accuracy per visual pattern, one polygon per model."""
+    mmvp = {record["model"]: record["metrics"] for record in records if record["task"] == "mmvp"}
+    if not mmvp:
+        return None
+    categories = sorted({c for metrics in mmvp.values() for c in metrics if c != "average"})
+    angles = [2 * math.pi * i / len(categories) for i in range(len(categories))] + [0.0]
+    figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
+    for model in (m for m in models if m in mmvp):
+        values = [mmvp[model].get(c, 0.0) for c in categories]
+        axes.plot(angles, values + values[:1], label=f"{short_name(model)} (avg {mmvp[model]['average']:.1f})")
+        axes.fill(angles, values + values[:1], alpha=0.15)
+    axes.set_xticks(angles[:-1], [c.replace(" and ", " &\n") for c in categories], fontsize=7)
+    axes.set_ylim(0, 100)
+    axes.set_title("MMVP-VLM pair accuracy (%)")
+    axes.legend(loc="lower right", bbox_to_anchor=(1.25, -0.1), fontsize=8)
+    figure.tight_layout()
+    path = plot_dir / "mmvp_radar.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="JSON files written by evaluate.py --output")
+    parser.add_argument("--baseline", help="the model the differences are taken against (default: the first)")
+    parser.add_argument("--plot_dir", default="plots", help="where the PNG figures go")
+    args = parser.parse_args(argv)
+    records = load_records(args.results)
+    models, rows = comparison_rows(records, args.baseline or records[0]["model"])
+    table = markdown(models, rows)
+    print(table)
+    plot_dir = Path(args.plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    figures = bar_plots(records, models, plot_dir)
+    if (radar := radar_plot(records, models, plot_dir)) is not None:
+        figures.append(radar)
+    print("\nFigures: " + ", ".join(str(path) for path in figures))
+    return table
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CompareError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,204 @@
+"""Evaluation datasets in the layouts the evaluation protocols use.
+
+- CLIP Benchmark webdataset (`clip-benchmark/wds_*` on the Hub, or a local copy): `<root>/<split>/nshards.txt` and
+  `0.tar ... N-1.tar`; per sample an image under `webp`/`png`/`jpg`/`jpeg`, `cls` (class index) for classification,
+  `txt` (all captions of the image, one per line) for retrieval; `<root>/classnames.txt` and
+  `<root>/zeroshot_classification_templates.txt` (one entry per line, templates with `{c}`), and
+  `<root>/dataset_type.txt` saying `retrieval` for retrieval datasets.
+- Any `datasets` image dataset (Hub id, `save_to_disk` folder, parquet, imagefolder, ...) with a ClassLabel (or
+  integer) label column, or a caption column (a string or a list of strings per image).
+- MMVP-VLM: `Questions.csv` (`Question ID`, `Type`, `Statement`) and `MLLM_VLM Images/<Type>/<id>.jpg`; consecutive
+  question ids form a pair.
+"""
+
+import csv
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from image_text_data import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    DataError,
+    decode_image,
+    find_column,
+    load_image_text_dataset,
+)
+from PIL import Image
+
+
+IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them
+DEFAULT_TEMPLATES = ["a photo of a {c}."]
+
+
+class LazyImages(Sequence):
+    """Images decoded on access, so that a dataset never has to fit in memory decoded."""
+
+    def __init__(self, length: int, load: Callable[[int], object], source: str):
+        self.length, self.load, self.source = length, load, source
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Image.Image:
+        image = decode_image(self.load(index))
+        if image is None:
+            raise DataError(f"image {index} of {self.source} does not decode; evaluation data must be clean.")
+        return image
+
+
+@dataclass
+class EvalSplit:
+    """One split of an evaluation dataset: images, and labels (classification) or captions (retrieval)."""
+
+    name: str
+    images: LazyImages
+    labels: list[int] | None = None
+    captions: list[list[str]] | None = None
+    classnames: list[str] | None = None
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+    def require_labels(self) -> list[int]:
+        if self.labels is None:
+            raise DataError(f"{self.name} has no class labels (a `cls` entry or a label column); this task needs them.")
+        return self.labels
+
+    def require_captions(self) -> list[list[str]]:
+        if self.captions is None:
+            raise DataError(f"{self.name} has no captions (a `txt` entry or a caption column); retrieval needs them.")
+        return self.captions
+
+
+def _lines(path: Path) -> list[str] | None:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() \
+        else None
+
+
+def _wds_root(name_or_path: str, split: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download  # a CLIP Benchmark repo: fetch only the split and the text files
+
+    return Path(snapshot_download(name_or_path, repo_type="dataset", allow_patterns=[f"{split}/*", "*.txt"]))
+
+
+def is_clip_benchmark(name_or_path: str) -> bool:
+    path = Path(name_or_path)
+    return (path / "classnames.txt").is_file() or any(path.glob("*/nshards.txt")) or \
+        (not path.exists() and name_or_path.split("/")[-1].startswith("wds_"))
+
+
+def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
+    """A split of a CLIP Benchmark webdataset (see the module docstring)."""
+    root = _wds_root(name_or_path, split)
+    split_dir = root / split
+    nshards = _lines(split_dir / "nshards.txt")
+    if nshards is None:
+        raise DataError(f"{split_dir}/nshards.txt is missing: {name_or_path} has no split {split!r} in the CLIP "
+                        "Benchmark layout (<root>/<split>/nshards.txt and 0.tar ... N-1.tar).")
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in range(int(nshards[0])):
+        with tarfile.open(split_dir / f"{shard}.tar") as tar:
+            for member in tar:
+                if member.isfile():
+                    key, _, extension = member.name.rpartition("/")[2].partition(".")
+                    samples.setdefault(f"{shard}/{key}", {})[extension.lower()] = tar.extractfile(member).read()
+    if not samples:
+        raise DataError(f"{split_dir} holds no samples; the split is empty.")
+    keys = sorted(samples)
+    image_extension = {key: next((e for e in IMAGE_EXTENSIONS if e in samples[key]), None) for key in keys}
+    if missing := [key for key in keys if image_extension[key] is None]:
+        raise DataError(f"{len(missing)} samples of {split_dir} have no image ({'/'.join(IMAGE_EXTENSIONS)}), "
+                        f"e.g. {missing[0]}.")
+    images = LazyImages(len(keys), lambda i: samples[keys[i]][image_extension[keys[i]]], str(split_dir))
+    has_labels = all("cls" in samples[key] for key in keys)
+    has_captions = all("txt" in samples[key] for key in keys)
+    return EvalSplit(
+        name=f"{name_or_path}:{split}",
+        images=images,
+        labels=[int(samples[key]["cls"].decode().strip()) for key in keys] if has_labels else None,
+        captions=[[line.strip() for line in samples[key]["txt"].decode("utf-8").splitlines() if line.strip()]
+                  for key in keys] if has_captions else None,
+        classnames=_lines(root / "classnames.txt"),
+        templates=_lines(root / "zeroshot_classification_templates.txt") or list(DEFAULT_TEMPLATES),
+    )
+
+
+def load_hf_split(name_or_path: str, split: str, label_column: str | None = "label",
+                  caption_column: str | None = None) -> EvalSplit:
+    """A split of any `datasets` image dataset with a label and/or caption column."""
+    dataset = load_image_text_dataset(name_or_path, split=split)
+    if len(dataset) == 0:
+        raise DataError(f"{name_or_path}:{split} is empty.")
+    image_column = find_column(dataset, None, IMAGE_COLUMNS, "image")
+    if isinstance(dataset.features[image_column], datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    columns = dataset.column_names
+    labels = classnames = captions = None
+    if label_column in columns:
+        labels = list(dataset[label_column])
+        feature = dataset.features[label_column]
+        classnames = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    caption_column = caption_column or next((c for c in CAPTION_COLUMNS if c in columns), None)
+    if caption_column in columns:
+        captions = [[c] if isinstance(c, str) else list(c) for c in dataset[caption_column]]
+    return EvalSplit(name=f"{name_or_path}:{split}", images=LazyImages(len(dataset),
+                     lambda i: dataset[i][image_column], f"{name_or_path}:{split}"), labels=labels,
+                     captions=captions, classnames=classnames)
+
+
+def load_split(name_or_path: str, split: str, label_column: str = "label", caption_column: str | None = None,
+               classnames_file: str | None = None, templates_file: str | None = None) -> EvalSplit:
+    """Any supported layout; class names and templates from the dataset, overridden by the given files."""
+    if is_clip_benchmark(name_or_path):
+        data = load_clip_benchmark(name_or_path, split)
+    else:
+        data = load_hf_split(name_or_path, split, label_column, caption_column)
+    if classnames_file:
+        data.classnames = _lines(Path(classnames_file))
+    if templates_file:
+        data.templates = _lines(Path(templates_file))
+    if data.templates and not all("{c}" in template for template in data.templates):
+        raise DataError("every zero-shot template needs a {c} placeholder for the class name.")
+    return data
+
+
+@dataclass
+class MMVPPair:
+    category: str
+    images: tuple[Image.Image, Image.Image]
+    statements: tuple[str, str]
+
+
+def load_mmvp(root: str) -> list[MMVPPair]:
+    """MMVP-VLM pairs: question ids 2k+1 and 2k+2 share a category; statement 2k+1 describes the first image."""
+    root_path = Path(root)
+    if not root_path.is_dir() and not root_path.exists():
+        from huggingface_hub import snapshot_download
+
+        root_path = Path(snapshot_download(root, repo_type="dataset"))
+    questions = root_path / "Questions.csv"
+    if not questions.is_file():
+        raise DataError(f"{root} is not in the MMVP-VLM layout: it has no Questions.csv.")
+    with questions.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"Question ID", "Type", "Statement"} <= set(rows[0]):
+        raise DataError(f"{questions} needs the columns 'Question ID', 'Type' and 'Statement'.")
+    if len(rows) % 2:
+        raise DataError(f"{questions} has an odd number of questions; MMVP questions come in pairs.")
+
+    pairs = []
+    for first, second in zip(rows[0::2], rows[1::2]):
+        folder = root_path / "MLLM_VLM Images" / first["Type"]
+        loaded = []
+        for row in (first, second):
+            path = folder / f"{int(row['Question ID'])}.jpg"
+            decoded = decode_image(path) if path.is_file() else None
+            if decoded is None:
+                raise DataError(f"{path} is missing or does not decode.")
+            loaded.append(decoded)
+        pairs.append(MMVPPair(first["Type"], tuple(loaded), (first["Statement"], second["Statement"])))
+    return pairs

@@ -1,0 +1,192 @@
+"""examples/evaluate.py and examples/compare.py end to end, on tiny datasets in every documented layout."""
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, tiny_config_kwargs
+from eval_fixtures import (
+    CLASSNAMES,
+    MMVP_CATEGORIES,
+    MMVP_PAIRS,
+    TEMPLATES,
+    write_clip_benchmark_classification,
+    write_clip_benchmark_retrieval,
+    write_hf_classification,
+    write_mmvp,
+)
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel, clip_tokenizer
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+import compare  # noqa: E402
+import evaluate  # noqa: E402
+from image_text_data import DataError  # noqa: E402
+
+
+RECORD_KEYS = {"model", "model_type", "dataset", "split", "task", "protocol", "main_metric", "metrics", "counts",
+               "versions", "date"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny DiffCLIP and a tiny Transformers CLIP, each saved with its processor."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    DiffCLIPModel(DiffCLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "diffclip")
+    DiffCLIPProcessor.from_defaults(image_size=32, context_length=16).save_pretrained(root / "diffclip")
+    CLIPModel(CLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "clip")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(16)).save_pretrained(root / "clip")
+    return [str(root / "diffclip"), str(root / "clip")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "classification": write_clip_benchmark_classification(root / "wds_colours"),
+        "retrieval": write_clip_benchmark_retrieval(root / "wds_colour_captions"),
+        "hf": write_hf_classification(root / "hf_colours"),
+        "mmvp": write_mmvp(root / "MMVP_VLM"),
+    }
+
+
+def run(models, task, dataset, tmp_path, *extra):
+    output = tmp_path / f"{task}.json"
+    records = evaluate.main(["--task", task, "--dataset", str(dataset), "--output", str(output), "--num_workers", "0",
+                             "--cache_dir", str(tmp_path / "cache"), *[a for m in models for a in ("--model", m)],
+                             *map(str, extra)])
+    assert json.loads(output.read_text()) == records
+    for record in records:
+        assert set(record) == RECORD_KEYS and record["task"] == task
+        assert record["main_metric"] in record["metrics"]
+    return records
+
+
+@torch.no_grad()
+def diffclip_features(model_path, images, texts=None):
+    """Embeddings computed directly with the model and processor, independently of evaluate.py."""
+    model, processor = DiffCLIPModel.from_pretrained(model_path).eval(), DiffCLIPProcessor.from_pretrained(model_path)
+    image = F.normalize(model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output, dim=-1)
+    if texts is None:
+        return image, None
+    inputs = processor(text=texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    return image, F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
+
+
+def test_zeroshot_on_clip_benchmark_layout_is_the_models(models, data, tmp_path, capsys):
+    records = run(models, "zeroshot", data["classification"], tmp_path)
+    assert [r["model_type"] for r in records] == ["diffclip", "clip"]
+    assert records[0]["counts"] == {"images": 12, "classes": 3, "templates": 2}
+    table = capsys.readouterr().out
+    assert "| model | acc1 | acc5 | mean_per_class_recall |" in table
+    # recompute DiffCLIP's top-1 by hand from the same images and prompts
+    split = evaluate.load_split(str(data["classification"]), "test")
+    images, texts = diffclip_features(models[0], list(split.images),
+                                      [t.replace("{c}", c) for c in CLASSNAMES for t in TEMPLATES])
+    classes = F.normalize(texts.view(3, 2, -1).mean(1), dim=-1)
+    expected = ((images @ classes.T).argmax(1) == torch.tensor(split.labels)).float().mean().item()
+    assert records[0]["metrics"]["acc1"] == pytest.approx(expected, abs=1e-6)
+    assert records[0]["metrics"]["acc5"] == 1.0  # 3 classes: always in the top 5
+
+
+def test_zeroshot_on_a_datasets_folder(models, data, tmp_path):
+    records = run(models[:1], "zeroshot", data["hf"], tmp_path)
+    assert records[0]["counts"]["classes"] == 3 and records[0]["counts"]["templates"] == 1
+
+
+def test_retrieval(models, data, tmp_path):
+    record = run(models[:1], "retrieval", data["retrieval"], tmp_path)[0]
+    assert record["counts"] == {"images": 6, "captions": 12}
+    metrics = record["metrics"]
+    assert set(metrics) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
+    assert metrics["image_retrieval_recall@10"] == 1.0  # only 6 images
+    assert metrics["image_retrieval_recall@1"] <= metrics["image_retrieval_recall@5"] <= 1.0
+
+
+def test_linear_probe_and_few_shot(models, data, tmp_path):
+    probe = run(models, "linear_probe", data["classification"], tmp_path, "--max_iter", 30)
+    assert probe[0]["counts"]["validation_split"] == "20% of train"
+    assert probe[0]["counts"]["train"] + probe[0]["counts"]["validation"] == 24 and probe[0]["counts"]["test"] == 12
+    assert probe[0]["metrics"]["costs_tried"] > 7 and 0 <= probe[0]["metrics"]["acc1"] <= 1
+    shots = run(models, "few_shot", data["classification"], tmp_path, "--episodes", 30, "--ways", 3, "--shots", 2,
+                "--queries", 2)
+    assert shots[0]["counts"]["ways"] == 3 and shots[0]["metrics"]["episodes"] == 30
+    again = run(models[:1], "few_shot", data["classification"], tmp_path, "--episodes", 30, "--ways", 3, "--shots",
+                2, "--queries", 2)
+    assert again[0]["metrics"] == shots[0]["metrics"]  # same seed, same episodes, same cached features
+
+
+def test_mmvp_is_scored_as_its_authors_do(models, data, tmp_path):
+    record = run(models[:1], "mmvp", data["mmvp"], tmp_path)[0]
+    assert set(record["metrics"]) == set(MMVP_CATEGORIES) | {"average"}
+    assert record["counts"] == {"pairs": 4, "categories": 2}
+    expected, question = {}, 1
+    for category in MMVP_CATEGORIES:
+        folder = data["mmvp"] / "MLLM_VLM Images" / category
+        right = 0
+        for colours in MMVP_PAIRS:
+            images = [Image.open(folder / f"{question + i}.jpg") for i in (0, 1)]
+            images, texts = diffclip_features(models[0], images, [f"a photo of the image is {c}" for c in colours])
+            similarity = texts @ images.T  # statement i must prefer image i (ties go to the second image)
+            right += int(bool(similarity[0, 0] > similarity[0, 1]) and not bool(similarity[1, 0] > similarity[1, 1]))
+            question += 2
+        expected[category] = 100 * right / len(MMVP_PAIRS)
+    assert {k: record["metrics"][k] for k in MMVP_CATEGORIES} == pytest.approx(expected)
+    assert record["metrics"]["average"] == pytest.approx(sum(expected.values()) / 2)
+
+
+def test_features_are_cached(models, data, tmp_path):
+    run(models[:1], "zeroshot", data["classification"], tmp_path)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")}
+    assert len(files) == 2  # the images, the prompts
+    run(models[:1], "zeroshot", data["classification"], tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")} == files
+    run(models[:1], "zeroshot", data["classification"], tmp_path, "--no_cache", "--split", "train")
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_bad_input_gets_a_clear_message(models, data, tmp_path):
+    with pytest.raises(DataError, match="has no class labels"):
+        run(models[:1], "zeroshot", data["retrieval"], tmp_path)
+    with pytest.raises(DataError, match="no split 'validation'"):
+        run(models[:1], "zeroshot", data["classification"], tmp_path, "--split", "validation")
+    empty = data["classification"].parent / "wds_empty"
+    (empty / "test").mkdir(parents=True)
+    (empty / "test" / "nshards.txt").write_text("0\n")
+    (empty / "classnames.txt").write_text("a\n")
+    with pytest.raises(DataError, match="holds no samples"):
+        run(models[:1], "zeroshot", empty, tmp_path)
+    vision_only = tmp_path / "vision-only"
+    DiffCLIPVisionModel(DiffCLIPConfig(**tiny_config_kwargs()).vision_config).save_pretrained(vision_only)
+    DiffCLIPProcessor.from_defaults(image_size=32).save_pretrained(vision_only)
+    with pytest.raises(evaluate.EvalError, match="is not a dual encoder"):
+        run([str(vision_only)], "zeroshot", data["classification"], tmp_path)
+    with pytest.raises(DataError, match="MMVP-VLM layout"):
+        run(models[:1], "mmvp", data["classification"], tmp_path)
+
+
+def test_compare_prints_differences_and_draws_the_figures(models, data, tmp_path, capsys):
+    zeroshot = run(models, "zeroshot", data["classification"], tmp_path)
+    mmvp = run(models, "mmvp", data["mmvp"], tmp_path / "m")
+    plots = tmp_path / "plots"
+    table = compare.main([str(tmp_path / "zeroshot.json"), str(tmp_path / "m" / "mmvp.json"), "--plot_dir", str(plots)])
+    header = table.splitlines()[0]
+    assert header == "| task | dataset | metric | diffclip | clip | Δ clip |"
+    acc1_row = next(line for line in table.splitlines() if "| zeroshot |" in line and "| acc1 |" in line)
+    delta = zeroshot[1]["metrics"]["acc1"] - zeroshot[0]["metrics"]["acc1"]
+    assert acc1_row.endswith(f"| {delta:+.4f} |")
+    assert table.splitlines()[2].split("|")[3].strip() == "average"  # the main metric leads its group
+    assert f"{mmvp[0]['metrics']['average']:.4f}" in table
+    for name in ("zeroshot_bars.png", "mmvp_radar.png"):
+        with Image.open(plots / name) as figure:
+            figure.verify()
+            assert figure.format == "PNG" and figure.size[0] > 300
+    with pytest.raises(compare.CompareError, match="not among the models"):
+        compare.main([str(tmp_path / "zeroshot.json"), "--baseline", "nope", "--plot_dir", str(plots)])
