@@ -41,6 +41,25 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
+def saved_tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random DiffCLIP and a tiny Transformers CLIP (32 px, context 16), each saved with its processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    torch.manual_seed(0)
+    DiffCLIPModel(DiffCLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "diffclip")
+    DiffCLIPProcessor.from_defaults(image_size=32, context_length=16).save_pretrained(root / "diffclip")
+    CLIPModel(CLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "clip")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(16)).save_pretrained(root / "clip")
+    return {"diffclip": root / "diffclip", "clip": root / "clip"}
+
+
+@pytest.fixture(scope="session")
 def official_tiny():
     """The tiny checkpoint in the released layout, with the official implementation's inputs and outputs."""
     if not OFFICIAL_TINY.is_dir():

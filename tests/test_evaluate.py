@@ -18,10 +18,8 @@ from eval_fixtures import (
     write_mmvp,
 )
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel, clip_tokenizer
+from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
 
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 import compare  # noqa: E402
@@ -34,16 +32,8 @@ RECORD_KEYS = {"model", "model_type", "dataset", "split", "task", "protocol", "m
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A tiny DiffCLIP and a tiny Transformers CLIP, each saved with its processor."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    DiffCLIPModel(DiffCLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "diffclip")
-    DiffCLIPProcessor.from_defaults(image_size=32, context_length=16).save_pretrained(root / "diffclip")
-    CLIPModel(CLIPConfig(**tiny_config_kwargs())).save_pretrained(root / "clip")
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(16)).save_pretrained(root / "clip")
-    return [str(root / "diffclip"), str(root / "clip")]
+def models(saved_tiny_models):
+    return [str(saved_tiny_models["diffclip"]), str(saved_tiny_models["clip"])]
 
 
 @pytest.fixture(scope="module")
