@@ -10,17 +10,18 @@ This file and `configuration_diffclip.py` are copied next to every saved checkpo
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.clip.modeling_clip import (
+    CLIPMLP,
     CLIPAttention,
     CLIPEncoder,
     CLIPEncoderLayer,
     CLIPForImageClassification,
-    CLIPMLP,
     CLIPModel,
     CLIPPreTrainedModel,
     CLIPTextEmbeddings,
@@ -56,6 +57,54 @@ class DiffCLIPRMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
 
 
+class DifferentialNorm(torch.autograd.Function):
+    """
+    scale · weight · RMSNorm(O1 − λ·O2) over the last dimension, as one autograd node that keeps for backward only the
+    attention outputs (which the attention backend keeps for its own backward anyway), λ, the weight and the per-row
+    inverse RMS, and recomputes the difference in backward: autograd would keep the difference and the normed
+    tensor too.
+
+    `outputs`: O1 and O2 of each of one or more column ranges of the value slices, in order (O1 of range 0, O2 of
+    range 0, O1 of range 1, ...), each of shape (batch, seq, heads / 2, range width). Returns (batch, seq,
+    heads / 2, total width). The difference is taken in the outputs' dtype, the norm in at least float32, and the
+    result rounded once to the outputs' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, lambda_full, weight, scale, eps, *outputs):
+        diff = _difference(outputs, lambda_full)
+        rstd = torch.rsqrt(diff.square().mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(lambda_full, weight, rstd, *outputs)
+        ctx.scale = scale
+        return diff.mul_(rstd).mul_(weight.to(diff.dtype) * scale).to(outputs[0].dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        lambda_full, weight, rstd, *outputs = ctx.saved_tensors
+        normed = _difference(outputs, lambda_full).mul_(rstd)
+        grad_output = grad_output.to(normed.dtype)
+        grad_weight = (grad_output * normed).sum(tuple(range(normed.ndim - 1))).mul_(ctx.scale)
+        grad_diff = grad_output * (weight.to(normed.dtype) * ctx.scale)
+        projection = (grad_diff * normed).mean(-1, keepdim=True).neg_()
+        grad_diff = grad_diff.addcmul_(normed, projection).mul_(rstd)
+        grad_lambda = -(grad_diff * _concatenated(outputs[1::2])).sum()
+        grad_outputs = []
+        for grad_first in grad_diff.split([o.shape[-1] for o in outputs[0::2]], dim=-1):
+            grad_outputs += [grad_first.to(outputs[0].dtype), (grad_first * -lambda_full).to(outputs[0].dtype)]
+        return grad_lambda.to(lambda_full.dtype), grad_weight.to(weight.dtype), None, None, *grad_outputs
+
+
+def _concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
+
+
+def _difference(outputs: list[torch.Tensor], lambda_full: torch.Tensor) -> torch.Tensor:
+    """O1 − λ·O2 of `DifferentialNorm`'s outputs, taken in their dtype, returned in at least float32."""
+    lambda_full = lambda_full.to(outputs[0].dtype)
+    diff = _concatenated([torch.addcmul(o1, o2, -lambda_full) for o1, o2 in zip(outputs[0::2], outputs[1::2])])
+    return diff.to(torch.promote_types(diff.dtype, torch.float32))
+
+
 class DiffCLIPAttention(CLIPAttention):
     """
     Multi-head differential attention with the released DiffCLIP head layout.
@@ -66,9 +115,15 @@ class DiffCLIPAttention(CLIPAttention):
 
         out_i = (1 − λ_init) · RMSNorm((A1 − λ·A2) · V_i),   λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init
 
-    The projections keep CLIP's names and shapes, so a CLIP checkpoint maps onto this module one to one. Both maps
-    of a pair are computed in one call of the configured attention backend over the `num_attention_heads` heads,
-    each head reading its pair's value slice; the λ-weighted difference is taken on the outputs.
+    The projections keep CLIP's names and shapes, so a CLIP checkpoint maps onto this module one to one.
+
+    Fused backends (SDPA, flex attention) never form an N×N map: they get four calls, one per map and value half,
+    each over `num_attention_heads / 2` heads of size `head_dim`. Queries, keys and values then share one head size,
+    which the fused kernels need (SDPA's flash kernels on CPU and GPU), and are views of the projections, so nothing
+    is copied; the λ-weighted difference, the norm and the scale are one autograd node, [`DifferentialNorm`], that
+    keeps nothing the kernels do not keep already. The eager backend computes the maps, as the paper's code does, and
+    multiplies their difference with the values once; so does attention dropout on any backend, so that each map is
+    dropped once for all of its value columns. Measurements behind this choice: `docs/performance.md`.
     """
 
     def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig, layer_idx: int):
@@ -108,31 +163,33 @@ class DiffCLIPAttention(CLIPAttention):
         queries = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         keys = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
         values = self.v_proj(hidden_states).view(*input_shape, -1, 2 * self.head_dim).transpose(1, 2)
-        # (batch, heads / 2, seq, 2·head_dim) -> (batch, heads, seq, 2·head_dim): both heads of a pair read slice i
-        values = values.repeat_interleave(2, dim=1)
 
+        lambda_full = self.lambda_full()
+        dropout = 0.0 if not self.training else self.dropout
+        # With dropout, each map must be dropped once for all of its value columns: only materialised maps allow that.
+        materialised = self.config._attn_implementation == "eager" or dropout > 0
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
+            "eager" if materialised else self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            queries,
-            keys,
-            values,
-            attention_mask,
-            scaling=self.scale,
-            dropout=0.0 if not self.training else self.dropout,
-            **kwargs,
+        attend = partial(
+            attention_interface, self, attention_mask=attention_mask, scaling=self.scale, dropout=dropout, **kwargs
         )
-
-        lambda_full = self.lambda_full().to(attn_output.dtype)
-        # attn_output: (batch, seq, heads, 2·head_dim); heads 2i and 2i+1 are the two maps of differential head i
-        attn_output = attn_output[:, :, 0::2] - lambda_full * attn_output[:, :, 1::2]
-        attn_output = self.diff_norm(attn_output) * (1 - self.lambda_init)
-        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1))
-
-        if attn_weights is not None:
+        if materialised:
+            # The paper's formulation: the maps' difference (batch, heads / 2, seq, seq) multiplied with the values
+            # once. The backend gets empty values: only its maps are used.
+            _, attn_weights = attend(queries, keys, values.new_empty(*queries.shape[:-1], 0))
             attn_weights = attn_weights[:, 0::2] - lambda_full.to(attn_weights.dtype) * attn_weights[:, 1::2]
+            attn_output = self.diff_norm(torch.matmul(attn_weights, values).transpose(1, 2)) * (1 - self.lambda_init)
+        else:
+            # (batch, heads / 2, seq, head_dim) views: the first and second maps' queries and keys, the value halves
+            maps = list(zip(queries.unflatten(1, (-1, 2)).unbind(2), keys.unflatten(1, (-1, 2)).unbind(2)))
+            halves = values.unflatten(-1, (2, -1)).unbind(-2)
+            outputs = [attend(q, k, half)[0] for half in halves for q, k in maps]
+            attn_output = DifferentialNorm.apply(
+                lambda_full, self.diff_norm.weight, 1 - self.lambda_init, self.diff_norm.variance_epsilon, *outputs
+            )
+            attn_weights = None
+        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1))
         return attn_output, attn_weights
 
 
@@ -295,7 +352,7 @@ class DiffCLIPModel(DiffCLIPPreTrainedModel, CLIPModel):
 
 
 class DiffCLIPTextModelWithProjection(DiffCLIPPreTrainedModel, CLIPTextModelWithProjection):
-    """The DiffCLIP text tower and its projection: `forward(input_ids)` returns `text_embeds` (batch, projection_dim)."""
+    """The DiffCLIP text tower and its projection: `forward(input_ids)` gives `text_embeds` (batch, projection_dim)."""
 
     config: DiffCLIPTextConfig
 
@@ -307,7 +364,9 @@ class DiffCLIPTextModelWithProjection(DiffCLIPPreTrainedModel, CLIPTextModelWith
 
 
 class DiffCLIPVisionModelWithProjection(DiffCLIPPreTrainedModel, CLIPVisionModelWithProjection):
-    """The DiffCLIP vision tower and its projection: `forward(pixel_values)` returns `image_embeds` (batch, projection_dim)."""
+    """
+    The DiffCLIP vision tower and its projection: `forward(pixel_values)` gives `image_embeds` (batch, projection_dim).
+    """
 
     config: DiffCLIPVisionConfig
 

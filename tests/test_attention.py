@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
+from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
 
 def reference_differential_attention(attn: DiffCLIPAttention, x: torch.Tensor, mask: torch.Tensor | None):
@@ -122,3 +123,20 @@ def test_dynamic_schedule_sets_lambda_init_per_layer():
     constant = make_attention("eager", layer_idx=7, lambda_init=0.5)
     assert constant.lambda_init == 0.5
 
+
+@pytest.mark.parametrize("ranges", [1, 2])
+def test_differential_norm_gradients(ranges):
+    """The fused difference-and-norm node against numerical gradients, for one or two column ranges (float64)."""
+    generator = torch.Generator().manual_seed(4)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_(True)
+
+    outputs = [leaf(2, 3, 2, 8 // ranges) for _ in range(2 * ranges)]
+    args = (leaf(()), leaf(8), 0.2, 1e-5, *outputs)
+    assert torch.autograd.gradcheck(DifferentialNorm.apply, args)
+    first = torch.cat(outputs[0::2], -1)
+    second = torch.cat(outputs[1::2], -1)
+    diff = first - args[0] * second
+    expected = diff / torch.sqrt(diff.pow(2).mean(-1, keepdim=True) + 1e-5) * args[1] * 0.2
+    torch.testing.assert_close(DifferentialNorm.apply(*args), expected)

@@ -1,0 +1,231 @@
+"""The benchmarks' reference implementation against every attention backend, and the benchmark scripts end to end."""
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config_kwargs
+from test_attention import causal_padding_mask, make_attention
+from transformers.masking_utils import create_causal_mask
+
+from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
+
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import bench_attention  # noqa: E402
+import bench_model  # noqa: E402
+from benchmarking import peak_memory  # noqa: E402
+from reference_diffclip import (  # noqa: E402
+    ATTENTION_NAMES,
+    TO_REFERENCE_LAYOUT,
+    ReferenceDiffCLIP,
+    load_diffclip_state_dict,
+    reference_from,
+    reference_names,
+)
+
+
+def randomise(module: torch.nn.Module) -> None:
+    """λ vectors and norm weights away from their initial values, so that every term of the formula matters."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "lambda_" in name:
+                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+            elif "diff_norm" in name:
+                parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
+
+
+def assert_grads_close(actual: dict, expected: dict):
+    assert actual.keys() == expected.keys()
+    for name, grad in expected.items():
+        # fp32 sums over the batch and sequence: compare at 1e-5 of each gradient's own scale
+        scale = max(1.0, grad.abs().max().item())
+        assert (actual[name] - grad).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_attention_backends_and_reference_agree_forward_and_backward():
+    """
+    Causal and padding masks, each backend's as the text model builds it; flex_attention has no backward on CPU,
+    so its forward only.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 48)
+    probe = torch.randn(3, 7, 48)
+    padding = (torch.arange(7)[None, :] < torch.tensor([7, 5, 2])[:, None]).long()
+    reference = reference_from(make_attention("eager"))
+    inputs = x.clone().requires_grad_(True)
+    expected = reference(inputs, causal_padding_mask([7, 5, 2], 7))
+    expected.backward(probe)
+    expected_grads = {ATTENTION_NAMES[name]: p.grad for name, p in reference.named_parameters()}
+    for implementation in ("eager", "sdpa", "flex_attention"):
+        attention = make_attention(implementation)
+        mask = create_causal_mask(config=attention.config, inputs_embeds=x, attention_mask=padding, cache=None)
+        if implementation == "flex_attention":
+            with torch.no_grad():
+                out, _ = attention(x, attention_mask=mask, is_causal=True)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+            continue
+        leaf = x.clone().requires_grad_(True)
+        out, _ = attention(leaf, attention_mask=mask, is_causal=True)
+        out.backward(probe)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5, msg=implementation)
+        torch.testing.assert_close(leaf.grad, inputs.grad, atol=1e-5, rtol=1e-5, msg=implementation)
+        assert_grads_close({name: p.grad for name, p in attention.named_parameters()}, expected_grads)
+
+
+def test_fused_attention_memory_grows_linearly_with_tokens():
+    """Peak memory of a training step at 4× the tokens: ~4× with sdpa (no N×N map), ~16× with eager maps."""
+    growth = {}
+    for implementation in ("sdpa", "eager"):
+        config = DiffCLIPVisionConfig(hidden_size=64, num_attention_heads=4)
+        config._attn_implementation = implementation
+        attention = DiffCLIPAttention(config, layer_idx=0)
+        peaks = []
+        for tokens in (64, 256):
+            x = torch.randn(2, tokens, 64, requires_grad=True)
+            peaks.append(peak_memory(lambda: attention(x)[0].sum().backward(), "cpu"))
+            attention.zero_grad(set_to_none=True)
+        growth[implementation] = peaks[1] / peaks[0]
+    assert growth["sdpa"] < 4.5 and growth["eager"] > 10, growth
+
+
+def test_models_and_reference_agree_forward_and_backward():
+    """DiffCLIPModel with eager and sdpa and the reference dual encoder: logits, loss and every gradient."""
+    config = DiffCLIPConfig(**tiny_config_kwargs(vision=dict(pre_layernorm=True)))
+    torch.manual_seed(0)
+    model = DiffCLIPModel(config)
+    randomise(model)
+    batch = bench_model.inputs(config, batch_size=3, images=True, device="cpu", dtype=torch.float32)
+    reference = reference_from(model)
+    logits, loss = reference(batch["input_ids"], batch["pixel_values"])
+    loss.backward()
+    names = reference_names(reference)
+    expected_grads = {name: p.grad for name, p in reference.named_parameters()}
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        model.zero_grad(set_to_none=True)
+        out = model(**batch, return_loss=True)
+        out.loss.backward()
+        torch.testing.assert_close(out.logits_per_image, logits, atol=1e-5, rtol=1e-5, msg=implementation)
+        torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5, msg=implementation)
+        grads = dict(model.named_parameters())
+        assert_grads_close(
+            {name: TO_REFERENCE_LAYOUT.get(name, lambda t: t)(grads[names[name]].grad) for name in expected_grads},
+            expected_grads,
+        )
+
+
+def test_reference_refuses_a_state_dict_it_cannot_fill():
+    model = DiffCLIPModel(DiffCLIPConfig(**tiny_config_kwargs()))
+    state_dict = model.state_dict()
+    del state_dict["vision_model.encoder.layers.0.self_attn.diff_norm.weight"]
+    reference = ReferenceDiffCLIP(model.config)
+    with pytest.raises(KeyError, match="vision_model.encoder.layers.0.self_attn.diff_norm.weight"):
+        load_diffclip_state_dict(reference, state_dict)
+    plain = DiffCLIPConfig(**tiny_config_kwargs(text=dict(use_differential_attention=False)))
+    with pytest.raises(ValueError, match="both use differential attention"):
+        ReferenceDiffCLIP(plain)
+
+
+RESULT_KEYS = {
+    "shape",
+    "section",
+    "mode",
+    "candidate",
+    "batch_size",
+    "tokens",
+    "times_s",
+    "median_s",
+    "q1_s",
+    "q3_s",
+    "min_s",
+    "max_s",
+    "samples_per_s",
+    "peak_memory_bytes",
+    "max_abs_error",
+}
+RATIO_KEYS = {
+    "shape",
+    "section",
+    "mode",
+    "numerator",
+    "denominator",
+    "time_ratio_median",
+    "time_ratio_q1",
+    "time_ratio_q3",
+    "time_ratio_min",
+    "time_ratio_max",
+    "memory_ratio",
+}
+
+
+def check_payload(path, script, candidates, sections):
+    payload = json.loads(path.read_text())
+    assert payload["script"] == script
+    assert {"date", "torch", "transformers", "device", "cpu", "cpu_threads"} <= payload["environment"].keys()
+    assert payload["settings"]["repeats"] == 1
+    for result in payload["results"]:
+        assert result.keys() == RESULT_KEYS
+        assert len(result["times_s"]) == 1 and result["median_s"] > 0 and result["peak_memory_bytes"] > 0
+        if result["candidate"].startswith("diffclip"):
+            assert result["max_abs_error"] < 1e-4, result
+    for ratio in payload["ratios"]:
+        assert ratio.keys() == RATIO_KEYS and ratio["time_ratio_median"] > 0 and ratio["memory_ratio"] > 0
+    found = {(r["section"], r["mode"], r["candidate"]) for r in payload["results"]}
+    assert found == {(s, m, c) for s in sections for m in ("forward", "train") for c in candidates[s]}
+    assert {(r["numerator"], r["denominator"]) for r in payload["ratios"]} >= {
+        ("diffclip-sdpa", "clip-sdpa"),
+        ("diffclip-sdpa", "reference"),
+    }
+    return payload
+
+
+def test_bench_attention_runs_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "attention.json"
+    assert (
+        bench_attention.main(
+            [
+                "--shapes",
+                "tiny-vision",
+                "tiny-text",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--formulations",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    formulations = [bench_attention.formulation_name(f) for f in bench_attention.FORMULATIONS]
+    candidates = {
+        "attention layer": ["diffclip-eager", "diffclip-sdpa", "clip-sdpa", "reference"],
+        "differential core": formulations,
+    }
+    payload = check_payload(output, "bench_attention", candidates, candidates)
+    assert {r["shape"] for r in payload["results"]} == {"tiny-vision", "tiny-text"}
+    assert "| forward | diffclip-sdpa / clip-sdpa |" in capsys.readouterr().out
+
+
+def test_bench_model_runs_and_writes_json(tmp_path):
+    output = tmp_path / "model.json"
+    assert (
+        bench_model.main(
+            ["--shapes", "tiny", "--batch_size", "4", "--repeats", "1", "--warmup", "0", "--output", str(output)]
+        )
+        == 0
+    )
+    candidates = {"model": ["diffclip-eager", "diffclip-sdpa", "clip-sdpa", "reference"]}
+    payload = check_payload(output, "bench_model", candidates, candidates)
+    assert {r["batch_size"] for r in payload["results"]} == {4}
+
+
+def test_benchmark_options_are_checked():
+    with pytest.raises(SystemExit):
+        bench_model.main(["--shapes", "vit-b-99"])
+    with pytest.raises(SystemExit):
+        bench_attention.main(["--repeats", "0"])
