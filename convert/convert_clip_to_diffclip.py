@@ -97,8 +97,12 @@ def main(argv=None) -> int:
         convert_clip(args.model, args.output_dir, variant=args.variant, overwrite=args.overwrite)
         print(f"Converted {args.model} -> {args.output_dir} ({args.variant})")
         if args.push_to_hub:
-            url = push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private,
-                                     commit_message=f"{args.variant} initialised from {args.model}")
+            url = push_folder_to_hub(
+                args.output_dir,
+                args.push_to_hub,
+                private=args.private,
+                commit_message=f"{args.variant} initialised from {args.model}",
+            )
             print(f"Uploaded to {url}")
     except (ConversionError, OutputDirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)

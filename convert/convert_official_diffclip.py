@@ -71,7 +71,9 @@ def load_official_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
             "unpickling can run arbitrary code. If you trust this file, pass --trust_checkpoint."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ConversionError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from None
+        raise ConversionError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+        ) from None
 
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         state_dict, extras = checkpoint["state_dict"], {k: v for k, v in checkpoint.items() if k != "state_dict"}
@@ -130,8 +132,16 @@ def infer_config(
     text_heads: int | None = None,
 ) -> DiffCLIPConfig:
     """The `DiffCLIPConfig` of an official state dict, read from its tensors' names and shapes."""
-    required = ["visual.cls_token", "visual.pos_embed", "visual.patch_embed.proj.weight", "token_embedding.weight",
-                "positional_embedding", "image_projection", "text_projection", "logit_scale"]
+    required = [
+        "visual.cls_token",
+        "visual.pos_embed",
+        "visual.patch_embed.proj.weight",
+        "token_embedding.weight",
+        "positional_embedding",
+        "image_projection",
+        "text_projection",
+        "logit_scale",
+    ]
     absent = [key for key in required if key not in state_dict]
     if absent:
         raise ConversionError(
@@ -224,8 +234,13 @@ def official_key_map(config: DiffCLIPConfig) -> dict[str, Transform]:
 
     towers = (
         (vision, "visual.blocks", "vision_model", ("norm1", "norm2", "mlp.fc1", "mlp.fc2"), ("qkv", "proj")),
-        (text, "transformer.resblocks", "text_model", ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"),
-         ("in_proj_", "out_proj")),
+        (
+            text,
+            "transformer.resblocks",
+            "text_model",
+            ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"),
+            ("in_proj_", "out_proj"),
+        ),
     )
     for tower, source, target, (norm1, norm2, fc1, fc2), (fused_qkv, fused_out) in towers:
         for layer in range(tower.num_hidden_layers):
@@ -309,7 +324,7 @@ def _reference_attention(x, sd, prefix, num_heads, lambda_init, mask=None):
     fused = f"{prefix}.qkv" if f"{prefix}.qkv.weight" in sd else None
     weight = sd[f"{fused}.weight"] if fused else sd[f"{prefix}.in_proj_weight"]
     bias = sd[f"{fused}.bias"] if fused else sd[f"{prefix}.in_proj_bias"]
-    q, k, v = ((x @ weight.T + bias).view(batch, tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4))
+    q, k, v = (x @ weight.T + bias).view(batch, tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     scores = q @ k.transpose(-1, -2) * head_dim**-0.5 + (0 if mask is None else mask)
     out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, tokens, width)
     return _linear(out, sd, f"{prefix}.proj" if fused else f"{prefix}.out_proj")
@@ -319,7 +334,9 @@ def reference_image_embeddings(sd: dict, config: DiffCLIPConfig, pixel_values: t
     """Image embeddings of the official (timm ViT) vision tower, from the original tensors."""
     vision = config.vision_config
     patch = vision.patch_size
-    x = F.conv2d(pixel_values, sd["visual.patch_embed.proj.weight"], sd.get("visual.patch_embed.proj.bias"), stride=patch)
+    x = F.conv2d(
+        pixel_values, sd["visual.patch_embed.proj.weight"], sd.get("visual.patch_embed.proj.bias"), stride=patch
+    )
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([sd["visual.cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + sd["visual.pos_embed"]
     if "visual.norm_pre.weight" in sd:
@@ -327,7 +344,10 @@ def reference_image_embeddings(sd: dict, config: DiffCLIPConfig, pixel_values: t
     for layer in range(vision.num_hidden_layers):
         p = f"visual.blocks.{layer}"
         x = x + _reference_attention(
-            _layer_norm(x, sd, f"{p}.norm1"), sd, f"{p}.attn", vision.num_attention_heads,
+            _layer_norm(x, sd, f"{p}.norm1"),
+            sd,
+            f"{p}.attn",
+            vision.num_attention_heads,
             vision.layer_lambda_init(layer),
         )
         x = x + _linear(F.gelu(_linear(_layer_norm(x, sd, f"{p}.norm2"), sd, f"{p}.mlp.fc1")), sd, f"{p}.mlp.fc2")
@@ -343,7 +363,11 @@ def reference_text_embeddings(sd: dict, config: DiffCLIPConfig, input_ids: torch
     for layer in range(text.num_hidden_layers):
         p = f"transformer.resblocks.{layer}"
         x = x + _reference_attention(
-            _layer_norm(x, sd, f"{p}.ln_1"), sd, f"{p}.attn", text.num_attention_heads, text.layer_lambda_init(layer),
+            _layer_norm(x, sd, f"{p}.ln_1"),
+            sd,
+            f"{p}.attn",
+            text.num_attention_heads,
+            text.layer_lambda_init(layer),
             mask,
         )
         hidden = _linear(_layer_norm(x, sd, f"{p}.ln_2"), sd, f"{p}.mlp.c_fc")
@@ -359,7 +383,9 @@ def verification_inputs(config: DiffCLIPConfig, batch_size: int = 4) -> tuple[to
     """
     generator = torch.Generator().manual_seed(0)
     vision, text = config.vision_config, config.text_config
-    pixel_values = torch.randn(batch_size, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
+    pixel_values = torch.randn(
+        batch_size, vision.num_channels, vision.image_size, vision.image_size, generator=generator
+    )
     start, end, context = text.bos_token_id, text.eos_token_id, text.max_position_embeddings
     input_ids = torch.zeros(batch_size, context, dtype=torch.long)
     for row in range(batch_size):
@@ -449,11 +475,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
-    parser.add_argument("--trust_checkpoint", action="store_true",
-                        help="unpickle arbitrary objects in the checkpoint (only for files you trust)")
+    parser.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help="unpickle arbitrary objects in the checkpoint (only for files you trust)",
+    )
     parser.add_argument("--lambda_init", type=float, default=0.8, help="λ_init the checkpoint was trained with")
-    parser.add_argument("--lambda_schedule", choices=["constant", "dynamic"], default="constant",
-                        help="'dynamic' for DiffCLIP* checkpoints (λ_init is not stored in the tensors)")
+    parser.add_argument(
+        "--lambda_schedule",
+        choices=["constant", "dynamic"],
+        default="constant",
+        help="'dynamic' for DiffCLIP* checkpoints (λ_init is not stored in the tensors)",
+    )
     parser.add_argument("--vision_heads", type=int, help="heads of a non-differential vision tower (not stored)")
     parser.add_argument("--text_heads", type=int, help="heads of a non-differential text tower (not stored)")
     parser.add_argument("--license", default="other", help="license for the model card metadata")
@@ -467,14 +500,27 @@ def main(argv=None) -> int:
         # name the model after its Hub repo (a local file: after the folder holding it)
         source = None if Path(args.checkpoint).exists() else args.checkpoint.split("/")[-1]
         _, difference = convert_official_checkpoint(
-            path, args.output_dir, overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint,
-            lambda_init=args.lambda_init, lambda_schedule=args.lambda_schedule, vision_heads=args.vision_heads,
-            text_heads=args.text_heads, license=args.license, source_name=source,
+            path,
+            args.output_dir,
+            overwrite=args.overwrite,
+            trust_checkpoint=args.trust_checkpoint,
+            lambda_init=args.lambda_init,
+            lambda_schedule=args.lambda_schedule,
+            vision_heads=args.vision_heads,
+            text_heads=args.text_heads,
+            license=args.license,
+            source_name=source,
         )
-        print(f"Converted {args.checkpoint} -> {args.output_dir} (largest difference to the reference: {difference:.2e})")
+        print(
+            f"Converted {args.checkpoint} -> {args.output_dir} (largest difference to the reference: {difference:.2e})"
+        )
         if args.push_to_hub:
-            url = push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private,
-                                     commit_message=f"Convert {args.checkpoint} to Transformers")
+            url = push_folder_to_hub(
+                args.output_dir,
+                args.push_to_hub,
+                private=args.private,
+                commit_message=f"Convert {args.checkpoint} to Transformers",
+            )
             print(f"Uploaded to {url}")
     except (ConversionError, OutputDirectoryError) as error:
         print(f"error: {error}", file=sys.stderr)

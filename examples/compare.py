@@ -42,8 +42,14 @@ def load_records(paths: list[str]) -> list[dict]:
     return records
 
 
-def short_name(model: str) -> str:
-    return Path(model).name or model
+def distinct_names(names: list[str]) -> dict[str, str]:
+    """The shortest trailing path parts that tell the names apart ("runs/clip/model" -> "clip/model")."""
+    parts = {name: Path(name).parts or (name,) for name in names}
+    for depth in range(1, max(len(p) for p in parts.values()) + 1):
+        short = {name: "/".join(p[-depth:]) for name, p in parts.items()}
+        if len(set(short.values())) == len(set(names)):
+            return short
+    return {name: name for name in names}
 
 
 def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list[tuple]]:
@@ -61,17 +67,20 @@ def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list
         for metric, value in record["metrics"].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 table[key + (metric,)][record["model"]] = float(value)
-    rows = sorted(table.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != main_metrics[item[0][:2]],
-                                                   item[0][2]))
+    rows = sorted(
+        table.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != main_metrics[item[0][:2]], item[0][2])
+    )
     return models, [(task, dataset, metric, values) for (task, dataset, metric), values in rows]
 
 
 def markdown(models: list[str], rows: list[tuple]) -> str:
     baseline, others = models[0], models[1:]
-    header = ["task", "dataset", "metric", *map(short_name, models), *(f"Δ {short_name(m)}" for m in others)]
+    names = distinct_names(models)
+    datasets = distinct_names(list(dict.fromkeys(row[1] for row in rows)))
+    header = ["task", "dataset", "metric", *(names[m] for m in models), *(f"Δ {names[m]}" for m in others)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task, dataset, metric, values in rows:
-        cells = [task, short_name(dataset), metric]
+        cells = [task, datasets[dataset], metric]
         cells += [f"{values[m]:.4f}" if m in values else "" for m in models]
         cells += [f"{values[m] - values[baseline]:+.4f}" if m in values and baseline in values else "" for m in others]
         lines.append("| " + " | ".join(cells) + " |")
@@ -80,19 +89,20 @@ def markdown(models: list[str], rows: list[tuple]) -> str:
 
 def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
     """Per task, the main metric of every model on every dataset, as grouped bars."""
-    written = []
+    written, names = [], distinct_names(models)
     for task in sorted({record["task"] for record in records if record["task"] != "mmvp"}):
         values = defaultdict(dict)
-        for record in records:
-            if record["task"] == task:
-                values[short_name(record["dataset"])][record["model"]] = record["metrics"][record["main_metric"]]
+        task_records = [record for record in records if record["task"] == task]
+        dataset_names = distinct_names([record["dataset"] for record in task_records])
+        for record in task_records:
+            values[dataset_names[record["dataset"]]][record["model"]] = record["metrics"][record["main_metric"]]
         datasets = sorted(values)
         width = 0.8 / len(models)
         figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(datasets) * len(models)), 3.5))
         for index, model in enumerate(models):
             heights = [values[d].get(model, 0.0) for d in datasets]
             positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
-            bars = axes.bar(positions, heights, width, label=short_name(model))
+            bars = axes.bar(positions, heights, width, label=names[model])
             axes.bar_label(bars, fmt="%.3f", fontsize=7)
         axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
         axes.set_ylabel(next(r["main_metric"] for r in records if r["task"] == task))
@@ -114,9 +124,10 @@ def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path |
     categories = sorted({c for metrics in mmvp.values() for c in metrics if c != "average"})
     angles = [2 * math.pi * i / len(categories) for i in range(len(categories))] + [0.0]
     figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
+    names = distinct_names(models)
     for model in (m for m in models if m in mmvp):
         values = [mmvp[model].get(c, 0.0) for c in categories]
-        axes.plot(angles, values + values[:1], label=f"{short_name(model)} (avg {mmvp[model]['average']:.1f})")
+        axes.plot(angles, values + values[:1], label=f"{names[model]} (avg {mmvp[model]['average']:.1f})")
         axes.fill(angles, values + values[:1], alpha=0.15)
     axes.set_xticks(angles[:-1], [c.replace(" and ", " &\n") for c in categories], fontsize=7)
     axes.set_ylim(0, 100)

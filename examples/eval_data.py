@@ -62,7 +62,9 @@ class EvalSplit:
 
     def require_labels(self) -> list[int]:
         if self.labels is None:
-            raise DataError(f"{self.name} has no class labels (a `cls` entry or a label column); this task needs them.")
+            raise DataError(
+                f"{self.name} has no class labels (a `cls` entry or a label column); this task needs them."
+            )
         return self.labels
 
     def require_captions(self) -> list[list[str]]:
@@ -72,8 +74,11 @@ class EvalSplit:
 
 
 def _lines(path: Path) -> list[str] | None:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() \
+    return (
+        [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.is_file()
         else None
+    )
 
 
 def _wds_root(name_or_path: str, split: str) -> Path:
@@ -87,8 +92,11 @@ def _wds_root(name_or_path: str, split: str) -> Path:
 
 def is_clip_benchmark(name_or_path: str) -> bool:
     path = Path(name_or_path)
-    return (path / "classnames.txt").is_file() or any(path.glob("*/nshards.txt")) or \
-        (not path.exists() and name_or_path.split("/")[-1].startswith("wds_"))
+    return (
+        (path / "classnames.txt").is_file()
+        or any(path.glob("*/nshards.txt"))
+        or (not path.exists() and name_or_path.split("/")[-1].startswith("wds_"))
+    )
 
 
 def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
@@ -97,8 +105,10 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
     split_dir = root / split
     nshards = _lines(split_dir / "nshards.txt")
     if nshards is None:
-        raise DataError(f"{split_dir}/nshards.txt is missing: {name_or_path} has no split {split!r} in the CLIP "
-                        "Benchmark layout (<root>/<split>/nshards.txt and 0.tar ... N-1.tar).")
+        raise DataError(
+            f"{split_dir}/nshards.txt is missing: {name_or_path} has no split {split!r} in the CLIP "
+            "Benchmark layout (<root>/<split>/nshards.txt and 0.tar ... N-1.tar)."
+        )
     samples: dict[str, dict[str, bytes]] = {}
     for shard in range(int(nshards[0])):
         with tarfile.open(split_dir / f"{shard}.tar") as tar:
@@ -111,8 +121,9 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
     keys = sorted(samples)
     image_extension = {key: next((e for e in IMAGE_EXTENSIONS if e in samples[key]), None) for key in keys}
     if missing := [key for key in keys if image_extension[key] is None]:
-        raise DataError(f"{len(missing)} samples of {split_dir} have no image ({'/'.join(IMAGE_EXTENSIONS)}), "
-                        f"e.g. {missing[0]}.")
+        raise DataError(
+            f"{len(missing)} samples of {split_dir} have no image ({'/'.join(IMAGE_EXTENSIONS)}), e.g. {missing[0]}."
+        )
     images = LazyImages(len(keys), lambda i: samples[keys[i]][image_extension[keys[i]]], str(split_dir))
     has_labels = all("cls" in samples[key] for key in keys)
     has_captions = all("txt" in samples[key] for key in keys)
@@ -120,15 +131,19 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
         name=f"{name_or_path}:{split}",
         images=images,
         labels=[int(samples[key]["cls"].decode().strip()) for key in keys] if has_labels else None,
-        captions=[[line.strip() for line in samples[key]["txt"].decode("utf-8").splitlines() if line.strip()]
-                  for key in keys] if has_captions else None,
+        captions=[
+            [line.strip() for line in samples[key]["txt"].decode("utf-8").splitlines() if line.strip()] for key in keys
+        ]
+        if has_captions
+        else None,
         classnames=_lines(root / "classnames.txt"),
         templates=_lines(root / "zeroshot_classification_templates.txt") or list(DEFAULT_TEMPLATES),
     )
 
 
-def load_hf_split(name_or_path: str, split: str, label_column: str | None = "label",
-                  caption_column: str | None = None) -> EvalSplit:
+def load_hf_split(
+    name_or_path: str, split: str, label_column: str | None = "label", caption_column: str | None = None
+) -> EvalSplit:
     """A split of any `datasets` image dataset with a label and/or caption column."""
     dataset = load_image_text_dataset(name_or_path, split=split)
     if len(dataset) == 0:
@@ -145,13 +160,23 @@ def load_hf_split(name_or_path: str, split: str, label_column: str | None = "lab
     caption_column = caption_column or next((c for c in CAPTION_COLUMNS if c in columns), None)
     if caption_column in columns:
         captions = [[c] if isinstance(c, str) else list(c) for c in dataset[caption_column]]
-    return EvalSplit(name=f"{name_or_path}:{split}", images=LazyImages(len(dataset),
-                     lambda i: dataset[i][image_column], f"{name_or_path}:{split}"), labels=labels,
-                     captions=captions, classnames=classnames)
+    return EvalSplit(
+        name=f"{name_or_path}:{split}",
+        images=LazyImages(len(dataset), lambda i: dataset[i][image_column], f"{name_or_path}:{split}"),
+        labels=labels,
+        captions=captions,
+        classnames=classnames,
+    )
 
 
-def load_split(name_or_path: str, split: str, label_column: str = "label", caption_column: str | None = None,
-               classnames_file: str | None = None, templates_file: str | None = None) -> EvalSplit:
+def load_split(
+    name_or_path: str,
+    split: str,
+    label_column: str = "label",
+    caption_column: str | None = None,
+    classnames_file: str | None = None,
+    templates_file: str | None = None,
+) -> EvalSplit:
     """Any supported layout; class names and templates from the dataset, overridden by the given files."""
     if is_clip_benchmark(name_or_path):
         data = load_clip_benchmark(name_or_path, split)

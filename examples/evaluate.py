@@ -44,17 +44,22 @@ from modeling_diffclip.publishing import atomic_write_text
 TASKS = ("zeroshot", "retrieval", "linear_probe", "few_shot", "mmvp")
 PROTOCOLS = {
     "zeroshot": "CLIP Benchmark zero-shot classification: per class, template embeddings L2-normalised, averaged, "
-                "renormalised; cosine similarity to the image embedding",
+    "renormalised; cosine similarity to the image embedding",
     "retrieval": "CLIP Benchmark retrieval: every caption its own query; recall@k text->image and image->text",
     "linear_probe": "El Banani et al. (CVPR 2023): L-BFGS logistic regression on frozen features, cost chosen on a "
-                    "validation split by a coarse-then-fine log sweep, refit on train+validation, tested once",
+    "validation split by a coarse-then-fine log sweep, refit on train+validation, tested once",
     "few_shot": "El Banani et al. (CVPR 2023): N-way K-shot episodes, support-mean centring, L2 normalisation, "
-                "nearest class mean",
+    "nearest class mean",
     "mmvp": "MMVP-VLM (Tong et al., CVPR 2024): 'a photo of ' + statement matched to one of its pair's two images; "
-            "a pair is correct only if both statements pick their own image",
+    "a pair is correct only if both statements pick their own image",
 }
-MAIN_METRICS = {"zeroshot": "acc1", "retrieval": "image_retrieval_recall@1", "linear_probe": "acc1",
-                "few_shot": "acc1", "mmvp": "average"}
+MAIN_METRICS = {
+    "zeroshot": "acc1",
+    "retrieval": "image_retrieval_recall@1",
+    "linear_probe": "acc1",
+    "few_shot": "acc1",
+    "mmvp": "average",
+}
 # Datasets whose linear probe the protocol scores by mean per-class accuracy
 MEAN_PER_CLASS_DATASETS = ("aircraft", "pets", "caltech101", "caltech-101", "flowers")
 VALIDATION_SPLITS = ("validation", "valid", "val")
@@ -78,10 +83,17 @@ def parse_args(argv=None):
     add("--caption_column")
     add("--classnames", help="a file of class names, one per line (default: the dataset's)")
     add("--templates", help="a file of zero-shot templates with {c}, one per line (default: the dataset's)")
-    add("--features", choices=["pooled", "projected"], default="pooled",
-        help="linear_probe / few_shot features: the vision tower's pooled output, or the projected embedding")
-    add("--mean_per_class", action="store_true",
-        help="score the linear probe by mean per-class accuracy (automatic for Aircraft, Pets, Caltech-101, Flowers)")
+    add(
+        "--features",
+        choices=["pooled", "projected"],
+        default="pooled",
+        help="linear_probe / few_shot features: the vision tower's pooled output, or the projected embedding",
+    )
+    add(
+        "--mean_per_class",
+        action="store_true",
+        help="score the linear probe by mean per-class accuracy (automatic for Aircraft, Pets, Caltech-101, Flowers)",
+    )
     add("--max_iter", type=int, default=1000, help="L-BFGS iterations per linear-probe fit")
     add("--episodes", type=int, default=5000)
     add("--ways", type=int, default=5)
@@ -107,8 +119,10 @@ class DualEncoder:
         except (OSError, ValueError) as error:
             raise EvalError(f"could not load model {name!r}: {str(error).strip().splitlines()[0]}") from None
         if not all(hasattr(self.model, m) for m in ("get_image_features", "get_text_features")):
-            raise EvalError(f"{name} ({type(self.model).__name__}) is not a dual encoder: it has no "
-                            "get_image_features/get_text_features. evaluate.py scores CLIP-like models.")
+            raise EvalError(
+                f"{name} ({type(self.model).__name__}) is not a dual encoder: it has no "
+                "get_image_features/get_text_features. evaluate.py scores CLIP-like models."
+            )
         self.name, self.device = name, device
         tokenizer = self.processor.tokenizer
         self.context_length = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else None
@@ -117,8 +131,13 @@ class DualEncoder:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(texts, dim) embeddings, padded as the model was trained (to its context length when it has one)."""
-        inputs = self.processor.tokenizer(texts, padding="max_length" if self.context_length else True,
-                                          max_length=self.context_length, truncation=True, return_tensors="pt")
+        inputs = self.processor.tokenizer(
+            texts,
+            padding="max_length" if self.context_length else True,
+            max_length=self.context_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         return _embedding(self.model.get_text_features(**inputs.to(self.device))).float().cpu()
 
     @torch.no_grad()
@@ -166,14 +185,23 @@ class FeatureCache:
 
 def image_features(encoder: DualEncoder, data: EvalSplit, args, cache: FeatureCache, kind: str) -> torch.Tensor:
     """(images, dim) features of a split, computed in batches with a progress bar, or read from the cache."""
-    key = {"model": encoder.fingerprint, "data": data.name, "count": len(data.images), "kind": kind,
-           "image_processor": encoder.processor.image_processor.to_dict()}
+    key = {
+        "model": encoder.fingerprint,
+        "data": data.name,
+        "count": len(data.images),
+        "kind": kind,
+        "image_processor": encoder.processor.image_processor.to_dict(),
+    }
 
     def compute():
         loader = torch.utils.data.DataLoader(
-            range(len(data.images)), batch_size=args.batch_size, num_workers=args.num_workers,
+            range(len(data.images)),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
             collate_fn=lambda indices: encoder.processor.image_processor(
-                [data.images[i] for i in indices], return_tensors="pt")["pixel_values"])
+                [data.images[i] for i in indices], return_tensors="pt"
+            )["pixel_values"],
+        )
         batches = tqdm(loader, desc=f"{Path(encoder.name).name}: {data.name} images", leave=False)
         return torch.cat([encoder.encode_images(pixel_values, kind) for pixel_values in batches])
 
@@ -181,19 +209,28 @@ def image_features(encoder: DualEncoder, data: EvalSplit, args, cache: FeatureCa
 
 
 def text_features(encoder: DualEncoder, texts: list[str], args, cache: FeatureCache) -> torch.Tensor:
-    key = {"model": encoder.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-           "context_length": encoder.context_length}
+    key = {
+        "model": encoder.fingerprint,
+        "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "context_length": encoder.context_length,
+    }
 
     def compute():
         batches = range(0, len(texts), args.batch_size)
-        return torch.cat([encoder.encode_text(texts[i : i + args.batch_size])
-                          for i in tqdm(batches, desc=f"{Path(encoder.name).name}: texts", leave=False)])
+        return torch.cat(
+            [
+                encoder.encode_text(texts[i : i + args.batch_size])
+                for i in tqdm(batches, desc=f"{Path(encoder.name).name}: texts", leave=False)
+            ]
+        )
 
     return cache.get_or_compute(key, compute)
 
 
 def zeroshot(encoder: DualEncoder, args, cache: FeatureCache) -> tuple[dict, dict]:
-    data = load_split(args.dataset, args.split, args.label_column, args.caption_column, args.classnames, args.templates)
+    data = load_split(
+        args.dataset, args.split, args.label_column, args.caption_column, args.classnames, args.templates
+    )
     labels = torch.tensor(data.require_labels())
     if not data.classnames:
         raise DataError(f"{data.name} has no class names: give --classnames FILE (one name per line).")
@@ -213,8 +250,11 @@ def retrieval(encoder: DualEncoder, args, cache: FeatureCache) -> tuple[dict, di
     text_to_image = torch.tensor([image for image, image_captions in enumerate(captions) for _ in image_captions])
     if not texts:
         raise DataError(f"{data.name} has no captions to retrieve with.")
-    metrics = retrieval_metrics(text_features(encoder, texts, args, cache),
-                                image_features(encoder, data, args, cache, "projected"), text_to_image)
+    metrics = retrieval_metrics(
+        text_features(encoder, texts, args, cache),
+        image_features(encoder, data, args, cache, "projected"),
+        text_to_image,
+    )
     return metrics, {"images": len(captions), "captions": len(texts)}
 
 
@@ -241,13 +281,20 @@ def linear_probe_task(encoder: DualEncoder, args, cache: FeatureCache) -> tuple[
     test = labelled_features(encoder, args, cache, args.split)
     mean_per_class = args.mean_per_class or any(name in args.dataset.lower() for name in MEAN_PER_CLASS_DATASETS)
     progress = tqdm(desc=f"{Path(encoder.name).name}: cost sweep", unit="fit", leave=False)
-    metrics = linear_probe(train, validation, test, args.max_iter, mean_per_class,
-                           on_fit=lambda cost, score: progress.update(1))
+    metrics = linear_probe(
+        train, validation, test, args.max_iter, mean_per_class, on_fit=lambda cost, score: progress.update(1)
+    )
     progress.close()
     metrics["main"] = metrics["mean_per_class_recall" if mean_per_class else "acc1"]
-    counts = {"train": len(train[1]), "validation": len(validation[1]), "test": len(test[1]),
-              "classes": int(torch.cat([train[1], test[1]]).max()) + 1, "validation_split": validation_name,
-              "scored_by": "mean_per_class_recall" if mean_per_class else "acc1", "features": args.features}
+    counts = {
+        "train": len(train[1]),
+        "validation": len(validation[1]),
+        "test": len(test[1]),
+        "classes": int(torch.cat([train[1], test[1]]).max()) + 1,
+        "validation_split": validation_name,
+        "scored_by": "mean_per_class_recall" if mean_per_class else "acc1",
+        "features": args.features,
+    }
     return metrics, counts
 
 
@@ -258,8 +305,15 @@ def few_shot_task(encoder: DualEncoder, args, cache: FeatureCache) -> tuple[dict
         metrics = few_shot(train, test, args.episodes, args.ways, args.shots, args.queries, args.seed)
     except ValueError as error:
         raise DataError(str(error)) from None
-    counts = {"train": len(train[1]), "test": len(test[1]), "ways": args.ways, "shots": args.shots,
-              "queries": args.queries, "seed": args.seed, "features": args.features}
+    counts = {
+        "train": len(train[1]),
+        "test": len(test[1]),
+        "ways": args.ways,
+        "shots": args.shots,
+        "queries": args.queries,
+        "seed": args.seed,
+        "features": args.features,
+    }
     return metrics, counts
 
 
@@ -274,14 +328,22 @@ def mmvp(encoder: DualEncoder, args, cache: FeatureCache) -> tuple[dict, dict]:
     return scores, {"pairs": len(pairs), "categories": len(scores) - 1}
 
 
-RUNNERS = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task,
-           "few_shot": few_shot_task, "mmvp": mmvp}
+RUNNERS = {
+    "zeroshot": zeroshot,
+    "retrieval": retrieval,
+    "linear_probe": linear_probe_task,
+    "few_shot": few_shot_task,
+    "mmvp": mmvp,
+}
 
 
 def markdown_table(records: list[dict]) -> str:
     """One row per model, one column per metric."""
-    metrics = list(dict.fromkeys(key for record in records for key, value in record["metrics"].items()
-                                 if isinstance(value, float)))
+    metrics = list(
+        dict.fromkeys(
+            key for record in records for key, value in record["metrics"].items() if isinstance(value, float)
+        )
+    )
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for record in records:
         values = [record["metrics"].get(metric) for metric in metrics]
@@ -296,20 +358,25 @@ def main(argv=None) -> list[dict]:
     for name in args.model:
         encoder = DualEncoder(name, args.device, args.trust_remote_code)
         metrics, counts = RUNNERS[args.task](encoder, args, cache)
-        records.append({
-            "model": name,
-            "model_type": encoder.model.config.model_type,
-            "dataset": args.dataset,
-            "split": args.split,
-            "task": args.task,
-            "protocol": PROTOCOLS[args.task],
-            "main_metric": "main" if "main" in metrics else MAIN_METRICS[args.task],
-            "metrics": metrics,
-            "counts": counts,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "modeling_diffclip": modeling_diffclip.__version__},
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        records.append(
+            {
+                "model": name,
+                "model_type": encoder.model.config.model_type,
+                "dataset": args.dataset,
+                "split": args.split,
+                "task": args.task,
+                "protocol": PROTOCOLS[args.task],
+                "main_metric": "main" if "main" in metrics else MAIN_METRICS[args.task],
+                "metrics": metrics,
+                "counts": counts,
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "modeling_diffclip": modeling_diffclip.__version__,
+                },
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
     print(f"\n{args.task} on {args.dataset} ({args.split})\n")
     print(markdown_table(records))
     if args.output:

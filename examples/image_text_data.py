@@ -68,8 +68,10 @@ def find_column(dataset, given: str | None, candidates: tuple[str, ...], kind: s
 
 def resolve_columns(dataset, image_column: str | None, caption_column: str | None) -> tuple[str, str]:
     """The image and caption columns: as given, or the first of the usual names the dataset has."""
-    return (find_column(dataset, image_column, IMAGE_COLUMNS, "image"),
-            find_column(dataset, caption_column, CAPTION_COLUMNS, "caption"))
+    return (
+        find_column(dataset, image_column, IMAGE_COLUMNS, "image"),
+        find_column(dataset, caption_column, CAPTION_COLUMNS, "caption"),
+    )
 
 
 def without_image_decoding(dataset, image_column: str):
@@ -120,8 +122,13 @@ class ImageTransform:
     @classmethod
     def for_processor(cls, image_processor, crop_scale: float = 1.0) -> "ImageTransform":
         """The transform matching a CLIP image processor's size, resampling and normalisation."""
-        return cls(image_processor.crop_size["height"], image_processor.image_mean, image_processor.image_std,
-                   crop_scale, resample=int(image_processor.resample))
+        return cls(
+            image_processor.crop_size["height"],
+            image_processor.image_mean,
+            image_processor.image_std,
+            crop_scale,
+            resample=int(image_processor.resample),
+        )
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         width, height = image.size
@@ -131,8 +138,9 @@ class ImageTransform:
             crop_w = min(width, round(math.sqrt(area * aspect)))
             crop_h = min(height, round(math.sqrt(area / aspect)))
             left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
-            image = image.resize((self.image_size, self.image_size), self.resample,
-                                 box=(left, top, left + crop_w, top + crop_h))
+            image = image.resize(
+                (self.image_size, self.image_size), self.resample, box=(left, top, left + crop_w, top + crop_h)
+            )
         else:
             short, long = sorted((width, height))
             long = int(self.image_size * long / short)  # truncated, as the image processors do
@@ -206,10 +214,22 @@ class Collator:
         kept = [example for example in examples if example is not None]
         num_skipped = torch.tensor(len(examples) - len(kept))
         if not kept:
-            return {"input_ids": torch.zeros(0, self.context_length, dtype=torch.long),
-                    "attention_mask": torch.zeros(0, self.context_length, dtype=torch.long),
-                    "pixel_values": torch.zeros(0, 3, self.image_size, self.image_size), "num_skipped": num_skipped}
-        text = self.tokenizer([example["caption"] for example in kept], padding="max_length",
-                              max_length=self.context_length, truncation=True, return_tensors="pt")
-        return {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
-                "pixel_values": torch.stack([example["pixel_values"] for example in kept]), "num_skipped": num_skipped}
+            return {
+                "input_ids": torch.zeros(0, self.context_length, dtype=torch.long),
+                "attention_mask": torch.zeros(0, self.context_length, dtype=torch.long),
+                "pixel_values": torch.zeros(0, 3, self.image_size, self.image_size),
+                "num_skipped": num_skipped,
+            }
+        text = self.tokenizer(
+            [example["caption"] for example in kept],
+            padding="max_length",
+            max_length=self.context_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "pixel_values": torch.stack([example["pixel_values"] for example in kept]),
+            "num_skipped": num_skipped,
+        }

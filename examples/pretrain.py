@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import datasets
-from datasets.distributed import split_dataset_by_node
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from datasets.distributed import split_dataset_by_node
 from image_text_data import (
     IMAGE_COLUMNS,
     Collator,
@@ -39,13 +39,13 @@ from image_text_data import (
     resolve_columns,
     without_image_decoding,
 )
+from protocols import classification_metrics, zero_shot_prompts, zero_shot_weights
 from shapes import CLASSNAMES as SHAPE_CLASSNAMES
 from shapes import ZEROSHOT_TEMPLATES as SHAPE_TEMPLATES
 from shapes import load_shapes
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
-from protocols import classification_metrics, zero_shot_prompts, zero_shot_weights
 
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 from modeling_diffclip.configuration_diffclip import VARIANTS, variant_tower_kwargs
@@ -55,20 +55,47 @@ from modeling_diffclip.publishing import atomic_directory, atomic_write_text, mo
 MODEL_CONFIGS = {
     # the demo's model: trains to well above chance on captioned shapes in a few CPU minutes
     "tiny": dict(
-        text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=16),
-        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=64,
     ),
     "vit-b-16": {},  # DiffCLIPConfig's defaults are the released ViT-B/16
 }
 # Values an unset option takes; --recipe paper is the paper's CC3M/CC12M recipe (SLIP's optimiser and crops).
 RECIPES = {
-    "demo": dict(model_config="tiny", num_epochs=6, per_device_batch_size=128, learning_rate=2e-3, weight_decay=0.1,
-                 warmup_ratio=0.1, adam_epsilon=1e-6, crop_scale=1.0),
-    "paper": dict(model_config="vit-b-16", num_epochs=40, global_batch_size=4096, learning_rate=5e-4,
-                  weight_decay=0.5, warmup_epochs=1, adam_epsilon=1e-8, crop_scale=0.5),
+    "demo": dict(
+        model_config="tiny",
+        num_epochs=6,
+        per_device_batch_size=128,
+        learning_rate=2e-3,
+        weight_decay=0.1,
+        warmup_ratio=0.1,
+        adam_epsilon=1e-6,
+        crop_scale=1.0,
+    ),
+    "paper": dict(
+        model_config="vit-b-16",
+        num_epochs=40,
+        global_batch_size=4096,
+        learning_rate=5e-4,
+        weight_decay=0.5,
+        warmup_epochs=1,
+        adam_epsilon=1e-8,
+        crop_scale=0.5,
+    ),
 }
 DEMO_TRAIN_EXAMPLES, DEMO_TEST_EXAMPLES = 20_000, 1_000
 TRAINING_STATE = "training_state.json"
@@ -103,8 +130,12 @@ def parse_args(argv=None):
     add("--num_epochs", type=int)
     add("--per_device_batch_size", type=int)
     add("--global_batch_size", type=int, help="per-device batch × processes × accumulation steps")
-    add("--gradient_accumulation_steps", type=int, default=1,
-        help="micro-batches per step; each micro-batch's loss uses its own negatives")
+    add(
+        "--gradient_accumulation_steps",
+        type=int,
+        default=1,
+        help="micro-batches per step; each micro-batch's loss uses its own negatives",
+    )
     add("--learning_rate", type=float)
     add("--weight_decay", type=float)
     add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
@@ -208,8 +239,9 @@ def build_optimizer(model: DiffCLIPModel, args) -> torch.optim.AdamW:
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon)
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
 
 
 class TrainingState:
@@ -326,8 +358,13 @@ def evaluate_zero_shot(model, processor, eval_split, transform, batch_size: int)
     device = model.device
     context_length = model.config.text_config.max_position_embeddings
 
-    prompts = processor.tokenizer(zero_shot_prompts(classnames, templates), padding="max_length",
-                                  max_length=context_length, truncation=True, return_tensors="pt").to(device)
+    prompts = processor.tokenizer(
+        zero_shot_prompts(classnames, templates),
+        padding="max_length",
+        max_length=context_length,
+        truncation=True,
+        return_tensors="pt",
+    ).to(device)
     classifier = zero_shot_weights(model.get_text_features(**prompts).pooler_output, len(classnames))
     logits = []
     for start in range(0, len(dataset), batch_size):
@@ -338,9 +375,13 @@ def evaluate_zero_shot(model, processor, eval_split, transform, batch_size: int)
         features = model.get_image_features(pixel_values=pixel_values).pooler_output.float()
         logits.append(F.normalize(features, dim=-1) @ classifier.T)
     metrics = classification_metrics(torch.cat(logits).cpu(), torch.tensor(dataset[label_column]))
-    return {"zeroshot_top1": metrics["acc1"], "zeroshot_top5": metrics["acc5"],
-            "zeroshot_mean_per_class_recall": metrics["mean_per_class_recall"], "num_classes": len(classnames),
-            "num_eval_examples": len(dataset)}
+    return {
+        "zeroshot_top1": metrics["acc1"],
+        "zeroshot_top5": metrics["acc5"],
+        "zeroshot_mean_per_class_recall": metrics["mean_per_class_recall"],
+        "num_classes": len(classnames),
+        "num_eval_examples": len(dataset),
+    }
 
 
 def main(argv=None):
@@ -382,8 +423,11 @@ def main(argv=None):
         model = DiffCLIPModel(config)
     args.image_size = config.vision_config.image_size
     context_length = config.text_config.max_position_embeddings
-    processor = (DiffCLIPProcessor.from_pretrained(args.init_from) if args.init_from
-                 else DiffCLIPProcessor.from_defaults(image_size=args.image_size, context_length=context_length))
+    processor = (
+        DiffCLIPProcessor.from_pretrained(args.init_from)
+        if args.init_from
+        else DiffCLIPProcessor.from_defaults(image_size=args.image_size, context_length=context_length)
+    )
 
     # ----- data
     if args.dataset is None:
@@ -399,14 +443,20 @@ def main(argv=None):
     if args.streaming:
         raw = split_dataset_by_node(raw, accelerator.process_index, processes)
         train_data = StreamingImageText(raw.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer), encoder)
-        train_dataloader = torch.utils.data.DataLoader(train_data, batch_size=args.per_device_batch_size,
-                                                       collate_fn=collate, num_workers=args.num_workers)
+        train_dataloader = torch.utils.data.DataLoader(
+            train_data, batch_size=args.per_device_batch_size, collate_fn=collate, num_workers=args.num_workers
+        )
         steps_per_epoch = None
     else:
         train_data = MapStyleImageText(raw, encoder)
-        train_dataloader = torch.utils.data.DataLoader(train_data, batch_size=args.per_device_batch_size,
-                                                       shuffle=True, drop_last=True, collate_fn=collate,
-                                                       num_workers=args.num_workers)
+        train_dataloader = torch.utils.data.DataLoader(
+            train_data,
+            batch_size=args.per_device_batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=args.num_workers,
+        )
         steps_per_epoch = len(raw) // global_batch
         if steps_per_epoch == 0:
             raise RunError(f"the dataset has {len(raw)} examples, fewer than one global batch of {global_batch}.")
@@ -419,9 +469,15 @@ def main(argv=None):
         warmup_steps = round(args.warmup_epochs / args.num_epochs * max_steps)
     eval_split = load_eval_split(args)
 
-    run_fingerprint = {"model_config": config.to_diff_dict(), "variant": args.variant, "dataset": args.dataset,
-                       "global_batch_size": global_batch, "seed": args.seed, "max_steps": max_steps,
-                       "learning_rate": args.learning_rate}
+    run_fingerprint = {
+        "model_config": config.to_diff_dict(),
+        "variant": args.variant,
+        "dataset": args.dataset,
+        "global_batch_size": global_batch,
+        "seed": args.seed,
+        "max_steps": max_steps,
+        "learning_rate": args.learning_rate,
+    }
     resume_from = resolve_resume(args, Path(args.output_dir), run_fingerprint)
     output_dir = prepare_output_dir(args, run_fingerprint, accelerator)
 
@@ -445,14 +501,20 @@ def main(argv=None):
         accelerator.print(f"Resumed from {resume_from} at step {state.global_step}")
 
     if accelerator.is_main_process:
-        accelerator.init_trackers("diffclip-pretrain", config={k: v for k, v in vars(args).items()
-                                                              if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "diffclip-pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
     accelerator.print(
         f"Training {args.variant} ({args.model_config or args.init_from}) for {max_steps} steps of {global_batch} "
         f"image-text pairs on {processes} process(es) ({accelerator.device}); warm-up {warmup_steps} steps."
     )
-    progress = tqdm(total=max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
-                    desc="pretrain", unit="step")
+    progress = tqdm(
+        total=max_steps,
+        initial=state.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="pretrain",
+        unit="step",
+    )
     images_seen, clock = 0, time.perf_counter()
     trainer.train()
     while state.global_step < max_steps:
@@ -485,9 +547,14 @@ def main(argv=None):
             if state.global_step % args.logging_steps == 0 or state.global_step == max_steps:
                 throughput = images_seen / (time.perf_counter() - clock)
                 progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{throughput:.0f}")
-                logs = {"loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0],
-                        "logit_scale": logit_scale.item(), "images_per_second": throughput,
-                        "skipped_samples": state.skipped, "epoch": state.epoch}
+                logs = {
+                    "loss": loss.item(),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "logit_scale": logit_scale.item(),
+                    "images_per_second": throughput,
+                    "skipped_samples": state.skipped,
+                    "epoch": state.epoch,
+                }
                 logs.update({f"lambda/{name}": value.item() for name, value in lambdas.items()})
                 accelerator.log(logs, step=state.global_step)
                 if accelerator.is_main_process:  # a plain record too, whatever --report_to says
@@ -504,8 +571,14 @@ def main(argv=None):
     progress.close()
 
     # ----- the final model, then its zero-shot evaluation (from the saved weights: right under any sharding)
-    results = {"global_step": state.global_step, "num_processes": processes, "global_batch_size": global_batch,
-               "variant": args.variant, "skipped_samples": state.skipped, "seed": args.seed}
+    results = {
+        "global_step": state.global_step,
+        "num_processes": processes,
+        "global_batch_size": global_batch,
+        "variant": args.variant,
+        "skipped_samples": state.skipped,
+        "seed": args.seed,
+    }
     state_dict = accelerator.get_state_dict(trainer)
     if accelerator.is_main_process:
         state_dict = {key.removeprefix("_orig_mod.").removeprefix("model."): v for key, v in state_dict.items()}
@@ -515,14 +588,19 @@ def main(argv=None):
             if eval_split is not None:
                 final = DiffCLIPModel.from_pretrained(staging).to(accelerator.device)
                 eval_transform = ImageTransform.for_processor(processor.image_processor)
-                results.update(evaluate_zero_shot(final, processor, eval_split, eval_transform,
-                                                  args.per_device_batch_size))
-                print(f"Zero-shot top-1 on the held-out split: {results['zeroshot_top1']:.1%} "
-                      f"({results['num_classes']} classes, chance {1 / results['num_classes']:.1%})")
+                results.update(
+                    evaluate_zero_shot(final, processor, eval_split, eval_transform, args.per_device_batch_size)
+                )
+                print(
+                    f"Zero-shot top-1 on the held-out split: {results['zeroshot_top1']:.1%} "
+                    f"({results['num_classes']} classes, chance {1 / results['num_classes']:.1%})"
+                )
             metrics = {k: results[k] for k in ("zeroshot_top1", "zeroshot_top5") if k in results}
-            provenance = (f"Pretrained from scratch with `examples/pretrain.py` ({args.recipe} recipe) on "
-                          f"{args.dataset or 'the captioned-shapes demo dataset'} for {state.global_step} steps of "
-                          f"{global_batch} pairs.")
+            provenance = (
+                f"Pretrained from scratch with `examples/pretrain.py` ({args.recipe} recipe) on "
+                f"{args.dataset or 'the captioned-shapes demo dataset'} for {state.global_step} steps of "
+                f"{global_batch} pairs."
+            )
             title = f"{args.variant} pretrained with examples/pretrain.py"
             (staging / "README.md").write_text(model_card(config, title, provenance, results=metrics))
         results["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}

@@ -44,8 +44,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     }
 
 
-def retrieval_metrics(text_features: torch.Tensor, image_features: torch.Tensor, text_to_image: torch.Tensor,
-                      ks=(1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    text_features: torch.Tensor, image_features: torch.Tensor, text_to_image: torch.Tensor, ks=(1, 5, 10)
+) -> dict[str, float]:
     """
     CLIP Benchmark retrieval, every caption its own query. `image_retrieval_recall@k`: text→image, the caption's
     image is among the k most similar images; `text_retrieval_recall@k`: image→text, any of the image's captions is
@@ -68,8 +69,9 @@ def retrieval_metrics(text_features: torch.Tensor, image_features: torch.Tensor,
 COARSE_COSTS = [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6]
 
 
-def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, cost: float, num_classes: int,
-                            max_iter: int = 1000) -> torch.nn.Linear:
+def fit_logistic_regression(
+    features: torch.Tensor, labels: torch.Tensor, cost: float, num_classes: int, max_iter: int = 1000
+) -> torch.nn.Linear:
     """
     Multinomial logistic regression by L-BFGS (strong Wolfe line search) from zero weights, minimising the
     protocol's objective: mean cross-entropy + (1/C)·0.5·‖W‖₂ (the weight norm, not its square, as in the
@@ -104,9 +106,14 @@ def split_train_validation(labels: list[int], fraction: float = 0.2, seed: int =
     return train, validation
 
 
-def linear_probe(train: tuple[torch.Tensor, torch.Tensor], validation: tuple[torch.Tensor, torch.Tensor],
-                 test: tuple[torch.Tensor, torch.Tensor], max_iter: int = 1000, mean_per_class: bool = False,
-                 on_fit: Callable[[float, float], None] | None = None) -> dict[str, float]:
+def linear_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    validation: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    max_iter: int = 1000,
+    mean_per_class: bool = False,
+    on_fit: Callable[[float, float], None] | None = None,
+) -> dict[str, float]:
     """
     The cost C chosen on the validation split by a coarse sweep (1e-6 … 1e6, one point per two decades), then a
     fine binary search over 8 points per decade around the best; the classifier is refit on train+validation with
@@ -143,8 +150,9 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], validation: tuple[tor
         else:
             costs = costs[len(costs) // 4 : -len(costs) // 4]
     best = max(scores, key=scores.get)
-    classifier = fit_logistic_regression(torch.cat([train[0], validation[0]]), torch.cat([train[1], validation[1]]),
-                                         best, num_classes, max_iter)
+    classifier = fit_logistic_regression(
+        torch.cat([train[0], validation[0]]), torch.cat([train[1], validation[1]]), best, num_classes, max_iter
+    )
     with torch.no_grad():
         metrics = classification_metrics(classifier(test[0]), test[1])
     return {**metrics, "cost": best, "validation_score": scores[best], "costs_tried": fits}
@@ -153,8 +161,15 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], validation: tuple[tor
 # ------------------------------------------------------------------------------- few-shot (El Banani et al.)
 
 
-def few_shot_episodes(train_labels: torch.Tensor, test_labels: torch.Tensor, episodes: int = 5000, ways: int = 5,
-                      shots: int = 5, queries: int = 6, seed: int = 0):
+def few_shot_episodes(
+    train_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    episodes: int = 5000,
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 6,
+    seed: int = 0,
+):
     """
     Yield (support indices into train, query indices into test) for `episodes` N-way K-shot tasks: `ways` classes
     drawn at random, `shots` train images and `queries` test images per class (all of them if fewer), the same
@@ -178,8 +193,15 @@ def few_shot_episodes(train_labels: torch.Tensor, test_labels: torch.Tensor, epi
         yield torch.cat(support), torch.cat(query)
 
 
-def few_shot(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], episodes: int = 5000,
-             ways: int = 5, shots: int = 5, queries: int = 6, seed: int = 0) -> dict[str, float]:
+def few_shot(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    episodes: int = 5000,
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 6,
+    seed: int = 0,
+) -> dict[str, float]:
     """
     Nearest class mean on each episode: features centred on the support mean and L2-normalised, prototypes the mean
     of each class's support, queries assigned to the nearest prototype. Mean accuracy over episodes, its standard
@@ -198,8 +220,12 @@ def few_shot(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor,
         accuracies.append((predicted == test_labels[query]).float().mean())
     accuracies = torch.stack(accuracies)
     std = accuracies.std().item() if len(accuracies) > 1 else 0.0
-    return {"acc1": accuracies.mean().item(), "acc1_std": std, "acc1_ci95": 1.96 * std / math.sqrt(len(accuracies)),
-            "episodes": len(accuracies)}
+    return {
+        "acc1": accuracies.mean().item(),
+        "acc1_std": std,
+        "acc1_ci95": 1.96 * std / math.sqrt(len(accuracies)),
+        "episodes": len(accuracies),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- MMVP-VLM

@@ -41,15 +41,34 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
         corners = [angle + math.pi / 4 + k * math.pi / 2 for k in range(4)]
         return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in corners]
     if shape == "triangle":
-        return [(cx + radius * math.cos(angle + k * 2 * math.pi / 3), cy + radius * math.sin(angle + k * 2 * math.pi / 3))
-                for k in range(3)]
+        return [
+            (cx + radius * math.cos(angle + k * 2 * math.pi / 3), cy + radius * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     if shape == "star":
-        return [(cx + (radius if k % 2 == 0 else radius * 0.45) * math.cos(angle + k * math.pi / 5),
-                 cy + (radius if k % 2 == 0 else radius * 0.45) * math.sin(angle + k * math.pi / 5)) for k in range(10)]
+        return [
+            (
+                cx + (radius if k % 2 == 0 else radius * 0.45) * math.cos(angle + k * math.pi / 5),
+                cy + (radius if k % 2 == 0 else radius * 0.45) * math.sin(angle + k * math.pi / 5),
+            )
+            for k in range(10)
+        ]
     # cross: a plus sign, its arms a third of the size wide
     arm, half = radius, radius / 3
-    outline = [(-half, -arm), (half, -arm), (half, -half), (arm, -half), (arm, half), (half, half), (half, arm),
-               (-half, arm), (-half, half), (-arm, half), (-arm, -half), (-half, -half)]
+    outline = [
+        (-half, -arm),
+        (half, -arm),
+        (half, -half),
+        (arm, -half),
+        (arm, half),
+        (half, half),
+        (half, arm),
+        (-half, arm),
+        (-half, half),
+        (-arm, half),
+        (-arm, -half),
+        (-half, -half),
+    ]
     cos, sin = math.cos(angle), math.sin(angle)
     return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in outline]
 
@@ -92,11 +111,13 @@ def _generate(split: str, num_examples: int, image_size: int, version: int):
 
 def load_shapes(split: str, num_examples: int, image_size: int = 48, cache_dir: str | None = None) -> datasets.Dataset:
     """The `split` ("train" or "test") of captioned shapes, built once and then read from the `datasets` cache."""
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "caption": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=CLASSNAMES),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=CLASSNAMES),
+        }
+    )
     return datasets.Dataset.from_generator(
         _generate,
         features=features,

@@ -184,12 +184,18 @@ class DiffCLIPConfig(PreTrainedConfig):
         `VARIANTS`. With `variant="clip"` the model is exactly the CLIP model.
         """
         text_kwargs, vision_kwargs = variant_tower_kwargs(variant)
-        shared = dict(projection_dim=clip_config.projection_dim,
-                      logit_scale_init_value=clip_config.logit_scale_init_value,
-                      initializer_factor=clip_config.initializer_factor)
+        shared = dict(
+            projection_dim=clip_config.projection_dim,
+            logit_scale_init_value=clip_config.logit_scale_init_value,
+            initializer_factor=clip_config.initializer_factor,
+        )
         text_config = {**_tower_fields(clip_config.text_config), **text_kwargs}
-        vision_config = {**_tower_fields(clip_config.vision_config), **vision_kwargs,
-                         "pre_layernorm": True, "patch_embedding_bias": False}
+        vision_config = {
+            **_tower_fields(clip_config.vision_config),
+            **vision_kwargs,
+            "pre_layernorm": True,
+            "patch_embedding_bias": False,
+        }
         return cls(text_config=text_config, vision_config=vision_config, **{**shared, **kwargs})
 
 

@@ -172,7 +172,9 @@ def _attention_summary(tower_config) -> str:
     return f"yes, λ_init = {tower_config.lambda_init}"
 
 
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, commit_message: str = "") -> str:
+def push_folder_to_hub(
+    folder: str | os.PathLike, repo_id: str, private: bool = False, commit_message: str = ""
+) -> str:
     """Create `repo_id` if needed and upload every file of `folder` in one commit; returns the commit URL."""
     api = HfApi()
     api.create_repo(repo_id, private=private or None, exist_ok=True)

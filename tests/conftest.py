@@ -24,10 +24,12 @@ OFFICIAL_TINY = SHARED_FIXTURES / "official-diffclip-tiny"
 
 def tiny_config_kwargs(text=None, vision=None, **kwargs):
     """Keyword arguments of a DiffCLIPConfig small enough for CPU tests (4 heads, 2 layers, 32-px images)."""
-    text_config = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                       max_position_embeddings=16)
-    vision_config = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                         image_size=32, patch_size=8)
+    text_config = dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16
+    )
+    vision_config = dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8
+    )
     text_config.update(text or {})
     vision_config.update(vision or {})
     return dict(text_config=text_config, vision_config=vision_config, projection_dim=16, **kwargs)
@@ -92,11 +94,16 @@ def hub(tmp_path):
 def run_client(hub, tmp_path, script, home="hf-home"):
     """Run `script` against `hub` in a fresh interpreter and return the JSON it printed last."""
     env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT=hub.url, HF_TOKEN="test-token", HF_HOME=str(tmp_path / home), NO_PROXY="127.0.0.1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", WORK=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
-                            timeout=120)
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_TOKEN="test-token",
+        HF_HOME=str(tmp_path / home),
+        NO_PROXY="127.0.0.1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        WORK=str(tmp_path),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-

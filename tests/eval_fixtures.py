@@ -49,7 +49,9 @@ def write_clip_benchmark_classification(root, per_class={"train": 8, "test": 4},
             for i in range(count):
                 seed = 10_000 * list(per_class).index(split) + 100 * label + i
                 extension = extensions[(label + i) % len(extensions)]
-                samples.append({extension: encode(colour_image(colour, seed), extension), "cls": f"{label}\n".encode()})
+                samples.append(
+                    {extension: encode(colour_image(colour, seed), extension), "cls": f"{label}\n".encode()}
+                )
         _write_shards(root / split, samples)
     return root
 

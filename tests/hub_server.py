@@ -51,6 +51,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+
 USER = "test-user"
 REPO_TYPES = ("models", "datasets")  # the URL forms of the repo types spoken
 
@@ -161,7 +162,7 @@ def tree_entries(files, path, recursive):
     for name, (oid, size) in sorted(files.items()):
         if not name.startswith(prefix):
             continue
-        parts = name[len(prefix):].split("/")
+        parts = name[len(prefix) :].split("/")
         for depth in range(1, len(parts) if recursive else min(len(parts), 2)):
             folder = prefix + "/".join(parts[:depth])
             entries[folder] = {"type": "directory", "path": folder, "oid": git_blob_oid(folder.encode())}
@@ -227,9 +228,17 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["api", "whoami-v2"] and method == "GET":
             if not self.authorized:
                 raise HubError(401, "Invalid credentials in Authorization header")
-            return self._send(200, {"type": "user", "id": "0" * 24, "name": USER, "fullname": "Test User",
-                                    "orgs": [], "auth": {"type": "access_token",
-                                                         "accessToken": {"displayName": "test", "role": "write"}}})
+            return self._send(
+                200,
+                {
+                    "type": "user",
+                    "id": "0" * 24,
+                    "name": USER,
+                    "fullname": "Test User",
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                },
+            )
         if parts == ["api", "agent-harnesses"] and method == "GET":  # the client's agent detection; empty = none
             return self._send(200, {"standardEnvVars": [], "harnesses": {}})
         if parts == ["api", "validate-yaml"] and method == "POST":
@@ -262,12 +271,23 @@ class _Handler(BaseHTTPRequestHandler):
         revision = rest[1] if len(rest) > 1 else "main"
         if action == "revision" and method == "GET" and len(rest) <= 2:
             commit = store.commit(repo, revision)
-            return self._send(200, {
-                "id": key.split("/", 1)[1], "author": key.split("/")[1], "sha": commit["id"],
-                "private": repo["private"], "gated": False, "disabled": False, "tags": [],
-                "lastModified": commit["date"], "createdAt": repo["commits"][0]["date"],
-                "siblings": [{"rfilename": p, "size": s, "blobId": o} for p, (o, s) in sorted(commit["files"].items())],
-            })
+            return self._send(
+                200,
+                {
+                    "id": key.split("/", 1)[1],
+                    "author": key.split("/")[1],
+                    "sha": commit["id"],
+                    "private": repo["private"],
+                    "gated": False,
+                    "disabled": False,
+                    "tags": [],
+                    "lastModified": commit["date"],
+                    "createdAt": repo["commits"][0]["date"],
+                    "siblings": [
+                        {"rfilename": p, "size": s, "blobId": o} for p, (o, s) in sorted(commit["files"].items())
+                    ],
+                },
+            )
         if action == "tree" and method == "GET":
             files = store.commit(repo, revision)["files"]
             recursive = self.query.get("recursive", ["false"])[0].lower() in ("1", "true")
@@ -276,17 +296,35 @@ class _Handler(BaseHTTPRequestHandler):
             files = store.commit(repo, revision)["files"]
             # "regular" for every file, whatever its size: this is what keeps clients away from LFS and xet.
             # `oid` lets them skip files that did not change.
-            return self._send(200, {"files": [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                 "oid": files.get(f["path"], [None])[0]} for f in json.loads(self.body)["files"]]})
+            return self._send(
+                200,
+                {
+                    "files": [
+                        {
+                            "path": f["path"],
+                            "uploadMode": "regular",
+                            "shouldIgnore": False,
+                            "oid": files.get(f["path"], [None])[0],
+                        }
+                        for f in json.loads(self.body)["files"]
+                    ]
+                },
+            )
         if action == "commit" and method == "POST":
             if self.query.get("create_pr", ["0"])[0] not in ("0", "false"):
                 raise HubError(400, "The test Hub does not support pull requests")
             lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
             commit = store.apply_commit(key, revision, lines)
             web = f"{self.server.hub.url}/{key.removeprefix('models/')}"
-            return self._send(200, {"success": True, "commitOid": commit["id"],
-                                    "commitUrl": f"{web}/commit/{commit['id']}", "pullRequestUrl": None})
+            return self._send(
+                200,
+                {
+                    "success": True,
+                    "commitOid": commit["id"],
+                    "commitUrl": f"{web}/commit/{commit['id']}",
+                    "pullRequestUrl": None,
+                },
+            )
         return False
 
     def _resolve(self, key, revision, path):

@@ -11,9 +11,20 @@ import torch
 
 
 def random_official_state_dict(
-    vision_width=48, vision_layers=3, vision_heads=6, vision_differential=True, patch_size=8, image_size=24,
-    text_width=32, text_layers=2, text_heads=4, text_differential=True, context_length=20, embed_dim=24,
-    vocab_size=49408, seed=0,
+    vision_width=48,
+    vision_layers=3,
+    vision_heads=6,
+    vision_differential=True,
+    patch_size=8,
+    image_size=24,
+    text_width=32,
+    text_layers=2,
+    text_heads=4,
+    text_differential=True,
+    context_length=20,
+    embed_dim=24,
+    vocab_size=49408,
+    seed=0,
 ) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
 
@@ -59,11 +70,23 @@ def random_official_state_dict(
         attention(f"{prefix}.attn", width, heads, differential, fused_vision)
 
     for layer in range(vision_layers):
-        block(f"visual.blocks.{layer}", vision_width, vision_heads, vision_differential, True,
-              ("norm1", "norm2", "mlp.fc1", "mlp.fc2"))
+        block(
+            f"visual.blocks.{layer}",
+            vision_width,
+            vision_heads,
+            vision_differential,
+            True,
+            ("norm1", "norm2", "mlp.fc1", "mlp.fc2"),
+        )
     for layer in range(text_layers):
-        block(f"transformer.resblocks.{layer}", text_width, text_heads, text_differential, False,
-              ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"))
+        block(
+            f"transformer.resblocks.{layer}",
+            text_width,
+            text_heads,
+            text_differential,
+            False,
+            ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"),
+        )
     return sd
 
 

@@ -89,7 +89,11 @@ def test_saved_folder_loads_without_this_package(saved_model, tmp_path):
         p.name for p in saved_model.iterdir()
     }
     auto_map = json.loads((saved_model / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_diffclip.DiffCLIPModel"
+    assert (
+        auto_map["AutoModel"]
+        == auto_map["AutoModelForZeroShotImageClassification"]
+        == "modeling_diffclip.DiffCLIPModel"
+    )
 
     script = WITHOUT_MODELING_DIFFCLIP + textwrap.dedent(
         f"""
@@ -107,7 +111,8 @@ def test_saved_folder_loads_without_this_package(saved_model, tmp_path):
         with torch.no_grad():
             probabilities = model(**inputs).logits_per_image.softmax(-1)[0].tolist()
         classifier = pipeline("zero-shot-image-classification", model=path, trust_remote_code=True)
-        scores = {{r["label"]: r["score"] for r in classifier(image, candidate_labels={LABELS!r}, hypothesis_template="{{}}")}}
+        results = classifier(image, candidate_labels={LABELS!r}, hypothesis_template="{{}}")
+        scores = {{r["label"]: r["score"] for r in results}}
         print(json.dumps({{"model": type(model).__module__, "probabilities": probabilities, "pipeline": scores}}))
         """
     )

@@ -4,11 +4,11 @@ import pytest
 import torch
 from conftest import tiny_config_kwargs
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, CLIPProcessor
+from transformers.image_utils import OPENAI_CLIP_MEAN
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from convert.convert_clip_to_diffclip import main
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
-from transformers.image_utils import OPENAI_CLIP_MEAN
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 
 def save_tiny_clip(path, with_processor=True, **text_overrides):
@@ -28,8 +28,13 @@ def tiny_clip(tmp_path_factory):
 
 
 def inputs(processor):
-    return processor(text=["a photo of a cat", "a dog"], images=[torch.rand(32, 32, 3).numpy()] * 2,
-                     padding=True, return_tensors="pt", do_rescale=False)
+    return processor(
+        text=["a photo of a cat", "a dog"],
+        images=[torch.rand(32, 32, 3).numpy()] * 2,
+        padding=True,
+        return_tensors="pt",
+        do_rescale=False,
+    )
 
 
 @pytest.mark.parametrize("variant", ["diffclip", "diffclip-vision", "diffclip-dynamic"])
@@ -42,8 +47,11 @@ def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_cl
     for name, tensor in clip.state_dict().items():
         torch.testing.assert_close(ours[name], tensor, atol=0, rtol=0, msg=name)
     new = sorted(set(ours) - set(clip.state_dict()))
-    assert new and all(name.rsplit(".", 2)[-2:][-1] in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-                       or name.endswith("diff_norm.weight") for name in new)
+    assert new and all(
+        name.rsplit(".", 2)[-2:][-1] in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+        or name.endswith("diff_norm.weight")
+        for name in new
+    )
     text_differential = variant != "diffclip-vision"
     assert isinstance(model.text_model.encoder.layers[0].self_attn, DiffCLIPAttention) == text_differential
     for layer_idx, layer in enumerate(model.vision_model.encoder.layers):
@@ -51,7 +59,9 @@ def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_cl
         torch.testing.assert_close(attn.diff_norm.weight, torch.ones_like(attn.diff_norm.weight))
         lambdas = torch.cat([attn.lambda_q1, attn.lambda_k1, attn.lambda_q2, attn.lambda_k2])
         assert 0.02 < lambdas.std().item() < 0.3  # drawn from N(0, 0.1)
-        expected_init = 0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if variant.endswith("dynamic") else 0.8
+        expected_init = (
+            0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if variant.endswith("dynamic") else 0.8
+        )
         assert attn.lambda_init == pytest.approx(expected_init)
 
 

@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 import torch
-from PIL import Image
 from official_layout import random_official_state_dict, save_official_checkpoint
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, pipeline
 
@@ -61,11 +61,24 @@ def test_saved_processor_gives_official_ids_and_normalisation(converted_official
 def test_output_folder_is_complete(converted_official):
     _, output = converted_official
     names = {p.name for p in output.iterdir()}
-    assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md",
-            "modeling_diffclip.py", "configuration_diffclip.py", "processing_diffclip.py"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "modeling_diffclip.py",
+        "configuration_diffclip.py",
+        "processing_diffclip.py",
+    } <= names
     card = (output / "README.md").read_text()
     metadata = card.split("---")[1]
-    for line in ("pipeline_tag: zero-shot-image-classification", "library_name: transformers", "license:", "- diffclip"):
+    for line in (
+        "pipeline_tag: zero-shot-image-classification",
+        "library_name: transformers",
+        "license:",
+        "- diffclip",
+    ):
         assert line in metadata
     assert "2503.06626" in card and "official-diffclip-tiny" in card
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
@@ -80,10 +93,12 @@ def test_reference_implementation_reproduces_the_official_outputs(official_tiny)
     sd = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
     reference = load_file(official_tiny / "reference.safetensors")
     config = infer_config(sd)
-    torch.testing.assert_close(reference_image_embeddings(sd, config, reference["pixel_values"]),
-                               reference["image_embed"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(reference_text_embeddings(sd, config, reference["input_ids"]),
-                               reference["text_embed"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        reference_image_embeddings(sd, config, reference["pixel_values"]), reference["image_embed"], atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        reference_text_embeddings(sd, config, reference["input_ids"]), reference["text_embed"], atol=1e-5, rtol=0
+    )
 
 
 def test_full_size_layout_is_read_as_vit_b16(official_tiny):
@@ -114,8 +129,16 @@ def test_other_sizes_and_layouts_convert(layout, tmp_path):
     sd = random_official_state_dict(**LAYOUTS[layout])
     save_official_checkpoint(sd, tmp_path / "checkpoint_best.pt")
     output = tmp_path / "out"
-    heads = {"diffclip-vision-only": ["--text_heads", "4"], "clip-baseline": ["--vision_heads", "6", "--text_heads", "4"]}
-    assert main(["--checkpoint", str(tmp_path / "checkpoint_best.pt"), "--output_dir", str(output), *heads.get(layout, [])]) == 0
+    heads = {
+        "diffclip-vision-only": ["--text_heads", "4"],
+        "clip-baseline": ["--vision_heads", "6", "--text_heads", "4"],
+    }
+    assert (
+        main(
+            ["--checkpoint", str(tmp_path / "checkpoint_best.pt"), "--output_dir", str(output), *heads.get(layout, [])]
+        )
+        == 0
+    )
     model = DiffCLIPModel.from_pretrained(output).eval()
     config = model.config
     assert (config.vision_config.hidden_size, config.vision_config.num_attention_heads) == (48, 6)
@@ -175,8 +198,17 @@ def test_head_count_of_a_plain_tower_must_be_given(tmp_path, capsys):
     save_official_checkpoint(random_official_state_dict(text_differential=False), tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out")
     assert code == 1 and "--text_heads" in err and "width 32" in err
-    code, err = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out",
-                              "--text_heads", "4", "--vision_heads", "3")
+    code, err = run_converter(
+        capsys,
+        "--checkpoint",
+        tmp_path / "ckpt.pt",
+        "--output_dir",
+        tmp_path / "out",
+        "--text_heads",
+        "4",
+        "--vision_heads",
+        "3",
+    )
     assert code == 1 and "--vision_heads 3 contradicts the λ vectors (6 heads)" in err
     assert not (tmp_path / "out").exists()
 
@@ -187,8 +219,9 @@ def test_arbitrary_pickles_are_refused_unless_trusted(tmp_path, capsys):
     code, err = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out")
     assert code == 1 and "PurePosixPath" in err and "--trust_checkpoint" in err
     assert not (tmp_path / "out").exists()
-    code, _ = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out",
-                            "--trust_checkpoint")
+    code, _ = run_converter(
+        capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out", "--trust_checkpoint"
+    )
     assert code == 0 and (tmp_path / "out" / "model.safetensors").is_file()
 
 

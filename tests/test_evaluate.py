@@ -21,14 +21,26 @@ from PIL import Image
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
 
+
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 import compare  # noqa: E402
 import evaluate  # noqa: E402
 from image_text_data import DataError  # noqa: E402
 
 
-RECORD_KEYS = {"model", "model_type", "dataset", "split", "task", "protocol", "main_metric", "metrics", "counts",
-               "versions", "date"}
+RECORD_KEYS = {
+    "model",
+    "model_type",
+    "dataset",
+    "split",
+    "task",
+    "protocol",
+    "main_metric",
+    "metrics",
+    "counts",
+    "versions",
+    "date",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +61,22 @@ def data(tmp_path_factory):
 
 def run(models, task, dataset, tmp_path, *extra):
     output = tmp_path / f"{task}.json"
-    records = evaluate.main(["--task", task, "--dataset", str(dataset), "--output", str(output), "--num_workers", "0",
-                             "--cache_dir", str(tmp_path / "cache"), *[a for m in models for a in ("--model", m)],
-                             *map(str, extra)])
+    records = evaluate.main(
+        [
+            "--task",
+            task,
+            "--dataset",
+            str(dataset),
+            "--output",
+            str(output),
+            "--num_workers",
+            "0",
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            *[a for m in models for a in ("--model", m)],
+            *map(str, extra),
+        ]
+    )
     assert json.loads(output.read_text()) == records
     for record in records:
         assert set(record) == RECORD_KEYS and record["task"] == task
@@ -63,7 +88,9 @@ def run(models, task, dataset, tmp_path, *extra):
 def diffclip_features(model_path, images, texts=None):
     """Embeddings computed directly with the model and processor, independently of evaluate.py."""
     model, processor = DiffCLIPModel.from_pretrained(model_path).eval(), DiffCLIPProcessor.from_pretrained(model_path)
-    image = F.normalize(model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output, dim=-1)
+    image = F.normalize(
+        model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output, dim=-1
+    )
     if texts is None:
         return image, None
     inputs = processor(text=texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
@@ -78,8 +105,9 @@ def test_zeroshot_on_clip_benchmark_layout_is_the_models(models, data, tmp_path,
     assert "| model | acc1 | acc5 | mean_per_class_recall |" in table
     # recompute DiffCLIP's top-1 by hand from the same images and prompts
     split = evaluate.load_split(str(data["classification"]), "test")
-    images, texts = diffclip_features(models[0], list(split.images),
-                                      [t.replace("{c}", c) for c in CLASSNAMES for t in TEMPLATES])
+    images, texts = diffclip_features(
+        models[0], list(split.images), [t.replace("{c}", c) for c in CLASSNAMES for t in TEMPLATES]
+    )
     classes = F.normalize(texts.view(3, 2, -1).mean(1), dim=-1)
     expected = ((images @ classes.T).argmax(1) == torch.tensor(split.labels)).float().mean().item()
     assert records[0]["metrics"]["acc1"] == pytest.approx(expected, abs=1e-6)
@@ -105,11 +133,10 @@ def test_linear_probe_and_few_shot(models, data, tmp_path):
     assert probe[0]["counts"]["validation_split"] == "20% of train"
     assert probe[0]["counts"]["train"] + probe[0]["counts"]["validation"] == 24 and probe[0]["counts"]["test"] == 12
     assert probe[0]["metrics"]["costs_tried"] > 7 and 0 <= probe[0]["metrics"]["acc1"] <= 1
-    shots = run(models, "few_shot", data["classification"], tmp_path, "--episodes", 30, "--ways", 3, "--shots", 2,
-                "--queries", 2)
+    episodes = ["--episodes", 30, "--ways", 3, "--shots", 2, "--queries", 2]
+    shots = run(models, "few_shot", data["classification"], tmp_path, *episodes)
     assert shots[0]["counts"]["ways"] == 3 and shots[0]["metrics"]["episodes"] == 30
-    again = run(models[:1], "few_shot", data["classification"], tmp_path, "--episodes", 30, "--ways", 3, "--shots",
-                2, "--queries", 2)
+    again = run(models[:1], "few_shot", data["classification"], tmp_path, *episodes)
     assert again[0]["metrics"] == shots[0]["metrics"]  # same seed, same episodes, same cached features
 
 
@@ -166,7 +193,9 @@ def test_compare_prints_differences_and_draws_the_figures(models, data, tmp_path
     zeroshot = run(models, "zeroshot", data["classification"], tmp_path)
     mmvp = run(models, "mmvp", data["mmvp"], tmp_path / "m")
     plots = tmp_path / "plots"
-    table = compare.main([str(tmp_path / "zeroshot.json"), str(tmp_path / "m" / "mmvp.json"), "--plot_dir", str(plots)])
+    table = compare.main(
+        [str(tmp_path / "zeroshot.json"), str(tmp_path / "m" / "mmvp.json"), "--plot_dir", str(plots)]
+    )
     header = table.splitlines()[0]
     assert header == "| task | dataset | metric | diffclip | clip | Δ clip |"
     acc1_row = next(line for line in table.splitlines() if "| zeroshot |" in line and "| acc1 |" in line)
@@ -180,3 +209,11 @@ def test_compare_prints_differences_and_draws_the_figures(models, data, tmp_path
             assert figure.format == "PNG" and figure.size[0] > 300
     with pytest.raises(compare.CompareError, match="not among the models"):
         compare.main([str(tmp_path / "zeroshot.json"), "--baseline", "nope", "--plot_dir", str(plots)])
+
+
+def test_models_are_named_by_their_shortest_distinct_path():
+    assert compare.distinct_names(["runs/clip/model", "runs/diffclip/model"]) == {
+        "runs/clip/model": "clip/model",
+        "runs/diffclip/model": "diffclip/model",
+    }
+    assert compare.distinct_names(["org/a", "org/b"]) == {"org/a": "a", "org/b": "b"}

@@ -6,12 +6,16 @@ import torch
 from conftest import REPO_ROOT, WITHOUT_MODELING_DIFFCLIP, run_client, tiny_config_kwargs
 from safetensors.torch import load_file
 
+
 CONVERTER = REPO_ROOT / "convert" / "convert_official_diffclip.py"
 
 
 def test_convert_push_and_load_where_the_package_is_absent(hub, tmp_path, official_tiny):
     # 1. the released file is on the Hub, as hammh0a/DiffCLIP_ViTB16_* hold theirs
-    run_client(hub, tmp_path, f"""
+    run_client(
+        hub,
+        tmp_path,
+        f"""
         import json
         from huggingface_hub import HfApi
         api = HfApi()
@@ -19,10 +23,14 @@ def test_convert_push_and_load_where_the_package_is_absent(hub, tmp_path, offici
         api.upload_file(path_or_fileobj={str(official_tiny / "checkpoint_best.pt")!r},
                         path_in_repo="checkpoint_best.pt", repo_id="test-org/DiffCLIP_tiny")
         print(json.dumps({{}}))
-        """)
+        """,
+    )
     # 2. the converter downloads it by repo id, converts, and publishes the folder
     output = tmp_path / "converted"
-    pushed = run_client(hub, tmp_path, f"""
+    pushed = run_client(
+        hub,
+        tmp_path,
+        f"""
         import json, runpy, sys
         sys.argv = ["convert", "--checkpoint", "test-org/DiffCLIP_tiny", "--output_dir", {str(output)!r},
                     "--push_to_hub", "test-user/diffclip-tiny", "--private"]
@@ -33,9 +41,18 @@ def test_convert_push_and_load_where_the_package_is_absent(hub, tmp_path, offici
         from huggingface_hub import HfApi
         info = HfApi().model_info("test-user/diffclip-tiny")
         print(json.dumps({{"files": sorted(s.rfilename for s in info.siblings), "private": info.private}}))
-        """)
-    assert {"model.safetensors", "config.json", "README.md", "modeling_diffclip.py", "configuration_diffclip.py",
-            "processing_diffclip.py", "processor_config.json", "tokenizer.json"} <= set(pushed["files"])
+        """,
+    )
+    assert {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "modeling_diffclip.py",
+        "configuration_diffclip.py",
+        "processing_diffclip.py",
+        "processor_config.json",
+        "tokenizer.json",
+    } <= set(pushed["files"])
     assert pushed["private"] is True
     assert "DiffCLIP_tiny for Transformers" in (output / "README.md").read_text()
 
@@ -43,7 +60,11 @@ def test_convert_push_and_load_where_the_package_is_absent(hub, tmp_path, offici
     reference = load_file(official_tiny / "reference.safetensors")
     torch.save(reference, tmp_path / "reference.pt")
     official = json.loads((official_tiny / "reference.json").read_text())
-    pulled = run_client(hub, tmp_path, WITHOUT_MODELING_DIFFCLIP + f"""
+    pulled = run_client(
+        hub,
+        tmp_path,
+        WITHOUT_MODELING_DIFFCLIP
+        + f"""
 import json, torch
 from transformers import AutoModel, AutoProcessor, pipeline
 from PIL import Image
@@ -59,7 +80,9 @@ classify = pipeline("zero-shot-image-classification", model="test-user/diffclip-
 scores = classify(Image.new("RGB", (64, 64), "red"), candidate_labels=["a red square", "a dog"])
 print(json.dumps({{"module": type(model).__module__, "image": image.tolist(), "text": text.tolist(), "ids": ids,
                   "score_sum": sum(s["score"] for s in scores)}}))
-""", home="hf-home-of-someone-else")
+""",
+        home="hf-home-of-someone-else",
+    )
     assert pulled["module"].startswith("transformers_modules.")
     assert pulled["ids"] == official["official_token_ids"]
     torch.testing.assert_close(torch.tensor(pulled["image"]), reference["image_embed"], atol=1e-5, rtol=0)
@@ -77,7 +100,10 @@ print(json.dumps({{"module": type(model).__module__, "image": image.tolist(), "t
 def test_push_to_hub_from_python_round_trips(hub, tmp_path):
     """`model.push_to_hub` / `processor.push_to_hub` (what a training script calls) and `from_pretrained` back."""
     config = json.dumps(tiny_config_kwargs(vision=dict(lambda_schedule="dynamic")))
-    out = run_client(hub, tmp_path, f"""
+    out = run_client(
+        hub,
+        tmp_path,
+        f"""
         import json, torch
         from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
         torch.manual_seed(0)
@@ -87,8 +113,13 @@ def test_push_to_hub_from_python_round_trips(hub, tmp_path):
         ids = torch.tensor([[49406, 320, 1125, 49407]])
         with torch.no_grad():
             print(json.dumps({{"text": model.get_text_features(input_ids=ids).pooler_output.tolist()}}))
-        """)
-    pulled = run_client(hub, tmp_path, WITHOUT_MODELING_DIFFCLIP + """
+        """,
+    )
+    pulled = run_client(
+        hub,
+        tmp_path,
+        WITHOUT_MODELING_DIFFCLIP
+        + """
 import json, torch
 from transformers import AutoConfig, AutoModel
 model = AutoModel.from_pretrained("test-user/pushed", trust_remote_code=True).eval()
@@ -96,5 +127,7 @@ config = AutoConfig.from_pretrained("test-user/pushed", trust_remote_code=True)
 with torch.no_grad():
     text = model.get_text_features(input_ids=torch.tensor([[49406, 320, 1125, 49407]])).pooler_output
 print(json.dumps({"text": text.tolist(), "schedule": config.vision_config.lambda_schedule}))
-""", home="hf-home-2")
+""",
+        home="hf-home-2",
+    )
     assert pulled["text"] == out["text"] and pulled["schedule"] == "dynamic"

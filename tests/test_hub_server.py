@@ -12,9 +12,11 @@ from conftest import run_client
 from hub_server import HubServer
 
 
-
 def test_upload_folder_list_and_download_give_back_the_same_bytes(hub, tmp_path):
-    out = run_client(hub, tmp_path, """
+    out = run_client(
+        hub,
+        tmp_path,
+        """
         import json, os, random
         from huggingface_hub import HfApi, hf_hub_download
         work = os.environ["WORK"]
@@ -38,7 +40,8 @@ def test_upload_folder_list_and_download_give_back_the_same_bytes(hub, tmp_path)
             "exists": [api.repo_exists("test-user/files"), api.repo_exists("test-user/files", token=False),
                        api.repo_exists("test-user/nothing")],
         }))
-        """)
+        """,
+    )
     assert out["user"] == "test-user" and out["urls"] == ["test-user/files"] * 2
     assert out["files"] == ["a.txt", "c.txt", "sub/b.json", "sub/big.bin"]
     assert out["sizes"] == {"a.txt": 5, "c.txt": 4, "sub/b.json": 8, "sub/big.bin": 10_500_000}
@@ -49,7 +52,10 @@ def test_upload_folder_list_and_download_give_back_the_same_bytes(hub, tmp_path)
 
 
 def test_snapshot_download_follows_main_and_keeps_older_commits(hub, tmp_path):
-    out = run_client(hub, tmp_path, """
+    out = run_client(
+        hub,
+        tmp_path,
+        """
         import json, os
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, snapshot_download
         api = HfApi()
@@ -68,14 +74,18 @@ def test_snapshot_download_follows_main_and_keeps_older_commits(hub, tmp_path):
             stale = error.response.status_code
         print(json.dumps({"main": read(snapshot_download("test-user/snap")),
                           "v1": read(snapshot_download("test-user/snap", revision=v1.oid)), "stale": stale}))
-        """)
+        """,
+    )
     assert out["main"] == {"w.txt": "two"}
     assert out["v1"] == {"w.txt": "one", "d/x.txt": "x"}
     assert out["stale"] == 412
 
 
 def test_missing_files_repos_and_revisions_raise_the_client_errors(hub, tmp_path):
-    out = run_client(hub, tmp_path, """
+    out = run_client(
+        hub,
+        tmp_path,
+        """
         import json
         from huggingface_hub import HfApi, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -93,9 +103,14 @@ def test_missing_files_repos_and_revisions_raise_the_client_errors(hub, tmp_path
             "revision": error(repo_id="test-user/err", filename="here.txt", revision="f" * 40),
             "branch": error(repo_id="test-user/err", filename="here.txt", revision="no-branch"),
         }))
-        """)
-    assert out == {"file": ["EntryNotFoundError"], "repo": ["RepositoryNotFoundError"],
-                   "revision": ["RevisionNotFoundError"], "branch": ["RevisionNotFoundError"]}
+        """,
+    )
+    assert out == {
+        "file": ["EntryNotFoundError"],
+        "repo": ["RepositoryNotFoundError"],
+        "revision": ["RevisionNotFoundError"],
+        "branch": ["RevisionNotFoundError"],
+    }
 
 
 STATE_HASH = """
@@ -109,7 +124,11 @@ STATE_HASH = """
 
 
 def test_transformers_push_to_hub_and_from_pretrained_round_trip(hub, tmp_path):
-    pushed = run_client(hub, tmp_path, STATE_HASH + """
+    pushed = run_client(
+        hub,
+        tmp_path,
+        STATE_HASH
+        + """
     import torch
     from transformers import CLIPConfig, CLIPModel
     from modeling_diffclip import DiffCLIPProcessor
@@ -123,8 +142,14 @@ def test_transformers_push_to_hub_and_from_pretrained_round_trip(hub, tmp_path):
     processor.push_to_hub("test-user/tiny-clip")
     print(json.dumps({"hash": state_hash(model), "commits": [first.oid, unchanged.oid],
                       "ids": processor(text=["a photo of a cat"])["input_ids"]}))
-    """, home="pusher-home")
-    pulled = run_client(hub, tmp_path, STATE_HASH + """
+    """,
+        home="pusher-home",
+    )
+    pulled = run_client(
+        hub,
+        tmp_path,
+        STATE_HASH
+        + """
     from transformers import AutoTokenizer, CLIPModel
     from modeling_diffclip import DiffCLIPProcessor
     model = CLIPModel.from_pretrained("test-user/tiny-clip")
@@ -132,7 +157,9 @@ def test_transformers_push_to_hub_and_from_pretrained_round_trip(hub, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained("test-user/tiny-clip")
     print(json.dumps({"hash": state_hash(model), "ids": processor(text=["a photo of a cat"])["input_ids"],
                       "tokenizer_ids": tokenizer(["a photo of a cat"])["input_ids"]}))
-    """, home="puller-home")
+    """,
+        home="puller-home",
+    )
     assert pulled["hash"] == pushed["hash"]
     assert pulled["ids"] == pulled["tokenizer_ids"] == pushed["ids"] == [[49406, 320, 1125, 539, 320, 2368, 49407]]
     assert pushed["commits"][0] == pushed["commits"][1]

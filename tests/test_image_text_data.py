@@ -12,6 +12,7 @@ import torch
 from conftest import REPO_ROOT
 from PIL import Image
 
+
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 from image_text_data import (  # noqa: E402
     Collator,
@@ -42,9 +43,10 @@ COLORS = ["red", "green", "blue"]
 def layouts(tmp_path):
     """The same three captioned images in each layout the README documents."""
     images = [png_bytes(color) for color in COLORS]
-    table = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "caption": CAPTIONS},
-                                       features=datasets.Features({"image": datasets.Image(),
-                                                                   "caption": datasets.Value("string")}))
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b in images], "caption": CAPTIONS},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
     (tmp_path / "parquet").mkdir()
     table.to_parquet(str(tmp_path / "parquet" / "train.parquet"))
     table.save_to_disk(str(tmp_path / "saved"))
@@ -53,7 +55,10 @@ def layouts(tmp_path):
     for name, image in zip(COLORS, images):
         (folder / f"{name}.png").write_bytes(image)
     (folder / "metadata.jsonl").write_text(
-        "".join(json.dumps({"file_name": f"{name}.png", "text": caption}) + "\n" for name, caption in zip(COLORS, CAPTIONS)))
+        "".join(
+            json.dumps({"file_name": f"{name}.png", "text": caption}) + "\n" for name, caption in zip(COLORS, CAPTIONS)
+        )
+    )
     return {"parquet": tmp_path / "parquet", "save_to_disk": tmp_path / "saved", "imagefolder": folder}
 
 
@@ -82,10 +87,12 @@ def test_unknown_dataset_and_missing_columns(tmp_path):
 def test_broken_samples_are_skipped_and_counted():
     transform = ImageTransform(16, [0.5] * 3, [0.5] * 3)
     encoder = ExampleEncoder("image", "caption", transform)
-    rows = [{"image": {"bytes": png_bytes("red"), "path": None}, "caption": "ok"},
-            {"image": {"bytes": b"\x89PNG broken", "path": None}, "caption": "bad image"},
-            {"image": {"bytes": png_bytes("blue"), "path": None}, "caption": "   "},
-            {"image": {"bytes": png_bytes("blue"), "path": None}, "caption": "also ok"}]
+    rows = [
+        {"image": {"bytes": png_bytes("red"), "path": None}, "caption": "ok"},
+        {"image": {"bytes": b"\x89PNG broken", "path": None}, "caption": "bad image"},
+        {"image": {"bytes": png_bytes("blue"), "path": None}, "caption": "   "},
+        {"image": {"bytes": png_bytes("blue"), "path": None}, "caption": "also ok"},
+    ]
     dataset = MapStyleImageText(datasets.Dataset.from_list(rows), encoder)
     batch = Collator(clip_tokenizer(8), 8, 16)([dataset[i] for i in range(len(dataset))])
     assert batch["num_skipped"].item() == 2

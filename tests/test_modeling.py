@@ -37,6 +37,7 @@ def variant_config(variant: str, **kwargs) -> DiffCLIPConfig:
 
 def comparable(config) -> dict:
     """A config's fields without those that saving fills in (path, dtype)."""
+
     def strip(d):
         return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in ("_name_or_path", "dtype")}
 
@@ -48,7 +49,9 @@ def batch(with_padding=True):
     input_ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407], [49406, 320, 1929, 49407, 0, 0, 0]])
     attention_mask = (input_ids != 0).long() if with_padding else None
     generator = torch.Generator().manual_seed(0)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=torch.randn(2, 3, 32, 32, generator=generator))
+    return dict(
+        input_ids=input_ids, attention_mask=attention_mask, pixel_values=torch.randn(2, 3, 32, 32, generator=generator)
+    )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -61,7 +64,9 @@ def test_variants_build_the_right_attention(variant):
             assert isinstance(attn, DiffCLIPAttention) == differential
             assert isinstance(attn, CLIPAttention)
             if differential:
-                expected = 0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if schedule == "dynamic" else 0.8
+                expected = (
+                    0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if schedule == "dynamic" else 0.8
+                )
                 assert attn.lambda_init == pytest.approx(expected)
     has_lambda = any("lambda_q1" in name for name in model.state_dict())
     assert has_lambda == (text_diff or vision_diff)
@@ -75,8 +80,9 @@ def test_without_differential_attention_it_is_clip():
     """Both towers off, CLIP's vision switches on: a Transformers CLIPModel state dict loads one to one."""
     kwargs = tiny_config_kwargs(
         text=dict(use_differential_attention=False),
-        vision=dict(use_differential_attention=False, pre_layernorm=True, patch_embedding_bias=False,
-                    hidden_act="quick_gelu"),
+        vision=dict(
+            use_differential_attention=False, pre_layernorm=True, patch_embedding_bias=False, hidden_act="quick_gelu"
+        ),
     )
     clip_kwargs = tiny_config_kwargs()
     torch.manual_seed(0)
@@ -144,7 +150,9 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
         torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=name)
     assert loaded.vision_model.encoder.layers[1].self_attn.lambda_init == pytest.approx(0.8 - 0.6 * 0.7408182206817179)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch()).logits_per_image, model(**batch()).logits_per_image, atol=0, rtol=0)
+        torch.testing.assert_close(
+            loaded(**batch()).logits_per_image, model(**batch()).logits_per_image, atol=0, rtol=0
+        )
 
 
 def test_towers_with_projection_load_from_a_dual_encoder_checkpoint(tmp_path):

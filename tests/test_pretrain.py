@@ -16,6 +16,7 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
+
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 from shapes import render  # noqa: E402
 
@@ -23,6 +24,8 @@ from shapes import render  # noqa: E402
 PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")
 NUM_SAMPLES, BAD_KEYS = 48, {"000005": "corrupt image", "000030": "corrupt image", "000017": "empty caption"}
 COMMON = ["--max_steps", "12", "--logging_steps", "1", "--num_workers", "0", "--learning_rate", "1e-3"]
+# the reference run, and the run killed and resumed, which must end with the same model
+CHECKPOINTED = ["--per_device_batch_size", 8, "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON]
 
 
 def write_webdataset(root, shards=2):
@@ -64,8 +67,9 @@ def launch(*args, processes=1, background=False, timeout=600, config_file=None):
         command += ["--num_processes", "1"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", PRETRAIN, *map(str, args)]
     if background:  # its own process group, so that the launcher and its workers can be killed together
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     return completed.stdout + completed.stderr
@@ -80,8 +84,7 @@ def metrics(output_dir) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def one_process_run(webdataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("runs") / "one"
-    log = launch("--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 8,
-                 "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON)
+    log = launch("--dataset", webdataset, "--output_dir", output, *CHECKPOINTED)
     return output, log
 
 
@@ -103,8 +106,19 @@ def test_fsdp_config_trains_like_one_process(webdataset, one_process_run, tmp_pa
     """The shipped FSDP config (with 2 CPU processes instead of 8 GPUs): parameters sharded, same training."""
     one, _ = one_process_run
     output = tmp_path / "fsdp"
-    log = launch("--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 4, *COMMON,
-                 "--mixed_precision", "no", processes=2, config_file=REPO_ROOT / "examples/configs/fsdp.yaml")
+    log = launch(
+        "--dataset",
+        webdataset,
+        "--output_dir",
+        output,
+        "--per_device_batch_size",
+        4,
+        *COMMON,
+        "--mixed_precision",
+        "no",
+        processes=2,
+        config_file=REPO_ROOT / "examples/configs/fsdp.yaml",
+    )
     assert "process 1 of 2" in log
     single, sharded = metrics(one), metrics(output)
     for step in (1, 6, 12):
@@ -147,8 +161,7 @@ def test_checkpoints_are_complete_and_rotated(one_process_run):
 def test_a_run_killed_with_sigkill_resumes_to_the_same_model(webdataset, one_process_run, tmp_path):
     reference, _ = one_process_run
     output = tmp_path / "killed"
-    args = ["--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 8, "--checkpointing_steps", 4,
-            "--report_to", "tensorboard", *COMMON]
+    args = ["--dataset", webdataset, "--output_dir", output, *CHECKPOINTED]
     process = launch(*args, background=True)
     deadline = time.time() + 300
     while not (output / "checkpoint-4").is_dir():
@@ -167,8 +180,20 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_model(webdataset, one_pro
 
 def test_streaming_splits_shards_across_processes(webdataset, tmp_path):
     output = tmp_path / "streamed"
-    launch("--dataset", webdataset, "--streaming", "--output_dir", output, "--per_device_batch_size", 4,
-           "--max_steps", 6, "--num_workers", "0", processes=2)
+    launch(
+        "--dataset",
+        webdataset,
+        "--streaming",
+        "--output_dir",
+        output,
+        "--per_device_batch_size",
+        4,
+        "--max_steps",
+        6,
+        "--num_workers",
+        "0",
+        processes=2,
+    )
     results = json.loads((output / "eval_results.json").read_text())
     # one epoch: each process reads its own shard of 24, so every broken sample is met exactly once
     assert results["skipped_samples"] == len(BAD_KEYS) and results["num_processes"] == 2
@@ -207,13 +232,34 @@ def test_errors_before_training(pretrain_main, webdataset, one_process_run, tmp_
     cases = [
         (["--dataset", str(tmp_path / "nowhere")], DataError, "not found"),
         (["--dataset", str(webdataset), "--caption_column", "caption"], DataError, r"no caption column.*__key__"),
-        (["--dataset", str(webdataset), "--global_batch_size", "10", "--gradient_accumulation_steps", "3"],
-         RunError, "does not divide into 1 processes × 3 accumulation steps"),
+        (
+            ["--dataset", str(webdataset), "--global_batch_size", "10", "--gradient_accumulation_steps", "3"],
+            RunError,
+            "does not divide into 1 processes × 3 accumulation steps",
+        ),
         (["--dataset", str(webdataset), "--streaming"], RunError, "give --max_steps"),
-        (["--dataset", str(webdataset), "--output_dir", str(run), "--per_device_batch_size", "8", *COMMON], RunError,
-         "already holds a run"),
-        (["--dataset", str(webdataset), "--output_dir", str(run), "--per_device_batch_size", "8", "--variant", "clip",
-          "--resume_from_checkpoint", "latest", *COMMON], RunError, r"another run or model.*variant \('diffclip' vs 'clip'\)"),
+        (
+            ["--dataset", str(webdataset), "--output_dir", str(run), "--per_device_batch_size", "8", *COMMON],
+            RunError,
+            "already holds a run",
+        ),
+        (
+            [
+                "--dataset",
+                str(webdataset),
+                "--output_dir",
+                str(run),
+                "--per_device_batch_size",
+                "8",
+                "--variant",
+                "clip",
+                "--resume_from_checkpoint",
+                "latest",
+                *COMMON,
+            ],
+            RunError,
+            r"another run or model.*variant \('diffclip' vs 'clip'\)",
+        ),
         (["--resume_from_checkpoint", str(webdataset)], RunError, "not a checkpoint of this script"),
         (["--model_config", "vit-h-14"], RunError, "not one of"),
     ]
@@ -225,7 +271,20 @@ def test_errors_before_training(pretrain_main, webdataset, one_process_run, tmp_
 
 
 def test_command_line_errors_are_one_line(tmp_path):
-    completed = subprocess.run([sys.executable, PRETRAIN, "--output_dir", str(tmp_path), "--global_batch_size", "10",
-                                "--gradient_accumulation_steps", "3"], capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            PRETRAIN,
+            "--output_dir",
+            str(tmp_path),
+            "--global_batch_size",
+            "10",
+            "--gradient_accumulation_steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1].startswith("error: --global_batch_size 10 does not divide")

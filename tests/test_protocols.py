@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
+
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 from protocols import (  # noqa: E402
     classification_metrics,
@@ -25,12 +26,15 @@ from protocols import (  # noqa: E402
 
 def test_classification_metrics_by_hand():
     # 4 samples, 6 classes; true classes 0, 0, 1, 2
-    logits = torch.tensor([
-        [9, 1, 0, 0, 0, 0],   # class 0 first: top-1 right
-        [1, 9, 8, 7, 6, 5],   # class 0 ranked 6th: wrong in top-1 and top-5
-        [0, 1, 9, 0, 0, 0],   # class 1 second: top-5 right only
-        [0, 0, 9, 0, 0, 0],   # class 2 first: right
-    ], dtype=torch.float)
+    logits = torch.tensor(
+        [
+            [9, 1, 0, 0, 0, 0],  # class 0 first: top-1 right
+            [1, 9, 8, 7, 6, 5],  # class 0 ranked 6th: wrong in top-1 and top-5
+            [0, 1, 9, 0, 0, 0],  # class 1 second: top-5 right only
+            [0, 0, 9, 0, 0, 0],  # class 2 first: right
+        ],
+        dtype=torch.float,
+    )
     labels = torch.tensor([0, 0, 1, 2])
     metrics = classification_metrics(logits, labels)
     assert metrics["acc1"] == pytest.approx(2 / 4)
@@ -50,12 +54,14 @@ def test_retrieval_recall_by_hand():
     # 3 images (one-hot directions); 4 captions: caption t belongs to image text_to_image[t]
     images = torch.eye(3)
     text_to_image = torch.tensor([0, 0, 1, 2])
-    texts = torch.tensor([
-        [1.0, 0.2, 0.0],   # image 0 first
-        [0.1, 0.0, 1.0],   # image 0 second (behind 2)
-        [0.0, 0.3, 0.2],   # image 1 first
-        [0.5, 0.4, 0.1],   # image 2 third
-    ])
+    texts = torch.tensor(
+        [
+            [1.0, 0.2, 0.0],  # image 0 first
+            [0.1, 0.0, 1.0],  # image 0 second (behind 2)
+            [0.0, 0.3, 0.2],  # image 1 first
+            [0.5, 0.4, 0.1],  # image 2 third
+        ]
+    )
     metrics = retrieval_metrics(texts, images, text_to_image, ks=(1, 2))
     assert metrics["image_retrieval_recall@1"] == pytest.approx(2 / 4)
     assert metrics["image_retrieval_recall@2"] == pytest.approx(3 / 4)
@@ -101,8 +107,7 @@ def test_logistic_regression_reaches_the_objective_minimum():
     labels = (features[:, 0] + 0.5 * features[:, 1] > 0).long()
     cost = 100.0
     classifier = fit_logistic_regression(features, labels, cost, num_classes=2, max_iter=500)
-    objective = (torch.nn.functional.cross_entropy(classifier(features), labels)
-                 + 0.5 * classifier.weight.norm() / cost)
+    objective = torch.nn.functional.cross_entropy(classifier(features), labels) + 0.5 * classifier.weight.norm() / cost
     gradients = torch.autograd.grad(objective, list(classifier.parameters()))
     assert max(g.abs().max().item() for g in gradients) < 1e-4  # a stationary point of the protocol's objective
     assert (classifier(features).argmax(1) == labels).float().mean() > 0.9
@@ -117,8 +122,13 @@ def test_linear_probe_sweeps_costs_and_refits():
     assert len(val_idx) == 12 and len(train_idx) == 48  # 20% of each of the 3 classes of 20
     assert split_train_validation(labels[:60].tolist()) == (train_idx, val_idx)
     tried = []
-    result = linear_probe((features[train_idx], labels[train_idx]), (features[val_idx], labels[val_idx]),
-                          (features[60:], labels[60:]), max_iter=100, on_fit=lambda cost, score: tried.append(cost))
+    result = linear_probe(
+        (features[train_idx], labels[train_idx]),
+        (features[val_idx], labels[val_idx]),
+        (features[60:], labels[60:]),
+        max_iter=100,
+        on_fit=lambda cost, score: tried.append(cost),
+    )
     assert tried[:7] == [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6]  # the coarse sweep, then the fine search
     assert len(tried) > 7 and result["costs_tried"] == len(tried)
     assert result["acc1"] > 0.9 and result["cost"] in tried
@@ -126,8 +136,8 @@ def test_linear_probe_sweeps_costs_and_refits():
 
 def test_mmvp_pair_scoring():
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert mmvp_pair_correct(images, torch.tensor([[0.9, 0.1], [0.2, 0.8]]))        # both pick their own image
-    assert not mmvp_pair_correct(images, torch.tensor([[0.9, 0.1], [0.8, 0.2]]))    # the second picks image 1
-    assert not mmvp_pair_correct(images, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))    # a tie goes to image 2
+    assert mmvp_pair_correct(images, torch.tensor([[0.9, 0.1], [0.2, 0.8]]))  # both pick their own image
+    assert not mmvp_pair_correct(images, torch.tensor([[0.9, 0.1], [0.8, 0.2]]))  # the second picks image 1
+    assert not mmvp_pair_correct(images, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))  # a tie goes to image 2
     scores = mmvp_scores(["color", "color", "count", "count"], [True, False, True, True])
     assert scores == {"color": 50.0, "count": 100.0, "average": 75.0}

@@ -1,0 +1,76 @@
+"""examples/attention_maps.py: text-conditioned relevance from the (differential) attention maps, drawn in a grid."""
+
+import random
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from PIL import Image
+
+from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor
+
+
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+import attention_maps  # noqa: E402
+from shapes import render  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saved(saved_tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("attention")
+    for name, path in saved_tiny_models.items():
+        (root / name).symlink_to(path)
+    image, _, _ = render(random.Random(3), 96)
+    image.save(root / "shapes.png")
+    return root
+
+
+def test_grid_of_relevance_maps(saved):
+    output = saved / "figure.png"
+    maps = attention_maps.main(
+        [
+            "--model",
+            str(saved / "diffclip"),
+            "--model",
+            str(saved / "clip"),
+            "--image",
+            str(saved / "shapes.png"),
+            "--query",
+            "a green triangle",
+            "--query",
+            "the background",
+            "--output",
+            str(output),
+        ]
+    )
+    for per_query in maps.values():
+        assert len(per_query) == 2
+        for relevance in per_query:
+            assert relevance.shape == (4, 4)  # 32 px / patch 8
+            assert relevance.min() == 0 and relevance.max() == pytest.approx(1.0)
+        assert not torch.equal(per_query[0], per_query[1])  # conditioned on the text
+    with Image.open(output) as figure:
+        figure.verify()
+        assert figure.format == "PNG"
+    with Image.open(output) as figure:
+        assert figure.size[0] > figure.size[1] > 200  # 2 rows of 3 panels
+
+
+def test_relevance_is_the_chefer_rule_on_differential_maps(saved):
+    """Recompute the map by hand from the eager model's differential maps and their gradients."""
+    model = DiffCLIPModel.from_pretrained(saved / "diffclip", attn_implementation="eager").eval()
+    processor = DiffCLIPProcessor.from_pretrained(saved / "diffclip")
+    image = Image.open(saved / "shapes.png")
+    inputs = processor(text=["a green triangle"], images=image, padding=True, return_tensors="pt")
+    outputs = model(**inputs, output_attentions=True)
+    maps = outputs.vision_model_output.attentions
+    gradients = torch.autograd.grad(outputs.logits_per_image[0, 0], maps)
+    relevance = torch.eye(17)
+    for attention, gradient in zip(maps, gradients):
+        assert attention.shape == (1, 2, 17, 17) and gradient.abs().sum() > 0
+        relevance = relevance + (gradient * attention).clamp(min=0).mean(dim=1)[0] @ relevance
+    expected = relevance[0, 1:].view(4, 4)
+    expected = (expected - expected.min()) / (expected - expected.min()).max()
+    actual = attention_maps.relevance_map(model, processor, image, "a green triangle")
+    torch.testing.assert_close(actual, expected.detach(), atol=1e-6, rtol=1e-6)
