@@ -131,3 +131,28 @@ print(json.dumps({"text": text.tolist(), "schedule": config.vision_config.lambda
         home="hf-home-2",
     )
     assert pulled["text"] == out["text"] and pulled["schedule"] == "dynamic"
+
+
+def test_pretrain_pushes_its_final_model(hub, tmp_path):
+    """`examples/pretrain.py --push_to_hub --hub_model_id ID` uploads the saved model, processor and card."""
+    pretrain = REPO_ROOT / "examples" / "pretrain.py"
+    pushed = run_client(
+        hub,
+        tmp_path,
+        f"""
+        import json, runpy, sys
+        sys.argv = ["pretrain", "--output_dir", {str(tmp_path / "run")!r}, "--max_steps", "3", "--num_workers", "0",
+                    "--push_to_hub", "--hub_model_id", "test-user/shapes-demo", "--hub_private"]
+        sys.path.insert(0, {str(pretrain.parent)!r})
+        runpy.run_path({str(pretrain)!r}, run_name="__main__")
+        from huggingface_hub import HfApi, hf_hub_download
+        info = HfApi().model_info("test-user/shapes-demo")
+        card = open(hf_hub_download("test-user/shapes-demo", "README.md")).read()
+        print(json.dumps({{"files": sorted(s.rfilename for s in info.siblings), "private": info.private,
+                          "card": card}}))
+        """,
+    )
+    assert {"model.safetensors", "config.json", "modeling_diffclip.py", "processor_config.json", "README.md"} <= set(
+        pushed["files"]
+    )
+    assert pushed["private"] is True and "zeroshot_top1" in pushed["card"]
