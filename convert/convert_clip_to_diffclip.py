@@ -13,22 +13,13 @@ import sys
 from pathlib import Path
 
 import torch
+from conversion import ConversionError, add_output_arguments, convert_and_publish
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoProcessor, CLIPModel
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 from modeling_diffclip.configuration_diffclip import VARIANTS
-from modeling_diffclip.publishing import (
-    OutputDirectoryError,
-    atomic_directory,
-    check_output_directory,
-    model_card,
-    push_folder_to_hub,
-)
-
-
-class ConversionError(Exception):
-    """A model that cannot be converted; the message says what is wrong and what to do."""
+from modeling_diffclip.publishing import atomic_directory, check_output_directory, model_card
 
 
 NEW_PARAMETER_SUFFIXES = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "diff_norm.weight")
@@ -87,27 +78,15 @@ def convert_clip(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a Transformers CLIP folder or Hub repo id")
-    parser.add_argument("--output_dir", required=True, help="folder to write (must be empty or absent)")
     parser.add_argument("--variant", choices=list(VARIANTS), default="diffclip")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def convert() -> str:
         convert_clip(args.model, args.output_dir, variant=args.variant, overwrite=args.overwrite)
-        print(f"Converted {args.model} -> {args.output_dir} ({args.variant})")
-        if args.push_to_hub:
-            url = push_folder_to_hub(
-                args.output_dir,
-                args.push_to_hub,
-                private=args.private,
-                commit_message=f"{args.variant} initialised from {args.model}",
-            )
-            print(f"Uploaded to {url}")
-    except (ConversionError, OutputDirectoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return f"Converted {args.model} -> {args.output_dir} ({args.variant})"
+
+    return convert_and_publish(args, convert, f"{args.variant} initialised from {args.model}")
 
 
 if __name__ == "__main__":

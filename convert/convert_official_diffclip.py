@@ -22,25 +22,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conversion import ConversionError, add_output_arguments, convert_and_publish
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
-from modeling_diffclip.publishing import (
-    OutputDirectoryError,
-    atomic_directory,
-    check_output_directory,
-    model_card,
-    push_folder_to_hub,
-)
+from modeling_diffclip.publishing import atomic_directory, check_output_directory, model_card
 
 
 VERIFY_TOLERANCE = 1e-4
 CLIP_VOCAB_SIZE = 49408
-
-
-class ConversionError(Exception):
-    """A checkpoint that cannot be converted; the message says what is wrong and what to do."""
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -470,11 +461,8 @@ def convert_official_checkpoint(
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt, or a Hub repo id holding it")
-    parser.add_argument("--output_dir", required=True, help="folder to write (must be empty or absent)")
     parser.add_argument("--filename", default="checkpoint_best.pt", help="file to download from a Hub repo")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    add_output_arguments(parser)
     parser.add_argument(
         "--trust_checkpoint",
         action="store_true",
@@ -495,7 +483,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def convert() -> str:
         path = resolve_checkpoint(args.checkpoint, args.filename)
         # name the model after its Hub repo (a local file: after the folder holding it)
         source = None if Path(args.checkpoint).exists() else args.checkpoint.split("/")[-1]
@@ -511,21 +500,9 @@ def main(argv=None) -> int:
             license=args.license,
             source_name=source,
         )
-        print(
-            f"Converted {args.checkpoint} -> {args.output_dir} (largest difference to the reference: {difference:.2e})"
-        )
-        if args.push_to_hub:
-            url = push_folder_to_hub(
-                args.output_dir,
-                args.push_to_hub,
-                private=args.private,
-                commit_message=f"Convert {args.checkpoint} to Transformers",
-            )
-            print(f"Uploaded to {url}")
-    except (ConversionError, OutputDirectoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return f"Converted {args.checkpoint} -> {args.output_dir} (largest difference to reference: {difference:.2e})"
+
+    return convert_and_publish(args, convert, f"Convert {args.checkpoint} to Transformers")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # the scripts under convert/ and examples/ are imported by their tests
+# the scripts of convert/ and examples/ are imported by their tests, as their folders are on their path when run
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "convert"), str(REPO_ROOT / "examples")]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = SHARED_FIXTURES / "official-diffclip-tiny"
 

@@ -1,19 +1,14 @@
 """examples/attention_maps.py: text-conditioned relevance from the (differential) attention maps, drawn in a grid."""
 
 import random
-import sys
 
+import attention_maps
 import pytest
 import torch
-from conftest import REPO_ROOT
 from PIL import Image
+from shapes import render
 
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor
-
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-import attention_maps  # noqa: E402
-from shapes import render  # noqa: E402
 
 
 @pytest.fixture(scope="module")

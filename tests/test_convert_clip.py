@@ -3,11 +3,11 @@
 import pytest
 import torch
 from conftest import tiny_config_kwargs
+from convert_clip_to_diffclip import main
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from convert.convert_clip_to_diffclip import main
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
 
 

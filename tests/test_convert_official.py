@@ -5,17 +5,17 @@ import pathlib
 
 import pytest
 import torch
-from official_layout import random_official_state_dict, save_official_checkpoint
-from PIL import Image
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoProcessor, pipeline
-
-from convert.convert_official_diffclip import (
+from convert_official_diffclip import (
     infer_config,
     main,
     reference_image_embeddings,
     reference_text_embeddings,
 )
+from official_layout import random_official_state_dict, save_official_checkpoint
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor, pipeline
+
 from modeling_diffclip import DiffCLIPModel
 
 
@@ -112,7 +112,7 @@ def test_full_size_layout_is_read_as_vit_b16(official_tiny):
     assert (text.max_position_embeddings, text.vocab_size, config.projection_dim) == (77, 49408, 512)
     assert vision.use_differential_attention and text.use_differential_attention
     assert vision.patch_embedding_bias and not vision.pre_layernorm
-    from convert.convert_official_diffclip import official_key_map
+    from convert_official_diffclip import official_key_map
 
     assert official_key_map(config).keys() == sd.keys()  # every released tensor is mapped, none is invented
 

@@ -1,12 +1,13 @@
 """examples/evaluate.py and examples/compare.py end to end, on tiny datasets in every documented layout."""
 
 import json
-import sys
 
+import compare
+import evaluate
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, tiny_config_kwargs
+from conftest import tiny_config_kwargs
 from eval_fixtures import (
     CLASSNAMES,
     MMVP_CATEGORIES,
@@ -17,15 +18,10 @@ from eval_fixtures import (
     write_hf_classification,
     write_mmvp,
 )
+from image_text_data import DataError
 from PIL import Image
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
-
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-import compare  # noqa: E402
-import evaluate  # noqa: E402
-from image_text_data import DataError  # noqa: E402
 
 
 RECORD_KEYS = {

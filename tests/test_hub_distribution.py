@@ -32,6 +32,7 @@ def test_convert_push_and_load_where_the_package_is_absent(hub, tmp_path, offici
         tmp_path,
         f"""
         import json, runpy, sys
+        sys.path.insert(0, {str(CONVERTER.parent)!r})
         sys.argv = ["convert", "--checkpoint", "test-org/DiffCLIP_tiny", "--output_dir", {str(output)!r},
                     "--push_to_hub", "test-user/diffclip-tiny", "--private"]
         try:

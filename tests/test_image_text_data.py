@@ -3,18 +3,12 @@
 import io
 import json
 import random
-import sys
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
-from PIL import Image
-
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-from image_text_data import (  # noqa: E402
+from image_text_data import (
     Collator,
     DataError,
     ExampleEncoder,
@@ -26,8 +20,9 @@ from image_text_data import (  # noqa: E402
     resolve_columns,
     without_image_decoding,
 )
+from PIL import Image
 
-from modeling_diffclip import DiffCLIPProcessor, clip_tokenizer  # noqa: E402
+from modeling_diffclip import DiffCLIPProcessor, clip_tokenizer
 
 
 def png_bytes(color, size=(40, 30)) -> bytes:

@@ -15,10 +15,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
-
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-from shapes import render  # noqa: E402
+from shapes import render
 
 
 PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")

@@ -1,15 +1,10 @@
 """The evaluation protocols' metrics, on tiny cases whose answers are computed by hand."""
 
 import math
-import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-
-
-sys.path.insert(0, str(REPO_ROOT / "examples"))
-from protocols import (  # noqa: E402
+from protocols import (
     classification_metrics,
     few_shot,
     few_shot_episodes,

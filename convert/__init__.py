@@ -1,1 +1,0 @@
-"""Conversion scripts: thin command-line tools, importable by the tests."""
