@@ -101,7 +101,8 @@ def parse_args(argv=None):
     add("--queries", type=int, default=6)
     add("--seed", type=int, default=0)
     add("--batch_size", type=int, default=64)
-    add("--num_workers", type=int, default=2)
+    # image decoding workers; they are forked, which only Linux does by default
+    add("--num_workers", type=int, default=2 if sys.platform == "linux" else 0)
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--cache_dir", default=os.path.join(Path.home(), ".cache", "diffclip", "features"))
     add("--no_cache", action="store_true", help="always recompute features")
