@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from hub_server import HubServer
 
 
@@ -15,6 +16,9 @@ from hub_server import HubServer
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' tensors are tiny: a second intra-op thread costs synchronisation, up to 100× a step's time on a loaded
+# machine, and buys nothing.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # the scripts of convert/ and examples/ are imported by their tests, as their folders are on their path when run

@@ -45,6 +45,7 @@ def assert_grads_close(actual: dict, expected: dict):
         assert (actual[name] - grad).abs().max().item() <= 1e-5 * scale, name
 
 
+@pytest.mark.slow  # compiles flex_attention's kernel
 def test_attention_backends_and_reference_agree_forward_and_backward():
     """
     Causal and padding masks, each backend's as the text model builds it; flex_attention has no backward on CPU,

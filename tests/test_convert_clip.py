@@ -85,7 +85,8 @@ def test_clip_variant_is_the_same_network_and_processor(tiny_clip, tmp_path):
     batch = inputs(processor)
     assert torch.equal(batch["input_ids"], inputs(clip_processor)["input_ids"])
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits_per_image, clip(**batch).logits_per_image, atol=1e-6, rtol=0)
+        # another model object on the same weights: equal up to kernel rounding (fp32 logits of magnitude ~10)
+        torch.testing.assert_close(model(**batch).logits_per_image, clip(**batch).logits_per_image, atol=1e-5, rtol=1e-5)
     assert "clip initialised from" in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
 import torch
 from conftest import REPO_ROOT, WITHOUT_MODELING_DIFFCLIP, run_client, tiny_config_kwargs
 from safetensors.torch import load_file
+
+
+pytestmark = pytest.mark.slow  # fresh interpreters against the Hub stand-in
 
 
 CONVERTER = REPO_ROOT / "convert" / "convert_official_diffclip.py"
@@ -88,13 +92,14 @@ print(json.dumps({{"module": type(model).__module__, "image": image.tolist(), "t
     assert pulled["ids"] == official["official_token_ids"]
     torch.testing.assert_close(torch.tensor(pulled["image"]), reference["image_embed"], atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(pulled["text"]), reference["text_embed"], atol=1e-5, rtol=0)
-    # identical to the local folder, not merely close to the reference
+    # the local folder's model, up to the rounding of another process's kernels (fp32, 2 layers): ten times closer
+    # than to the reference, which another implementation computed
     from modeling_diffclip import DiffCLIPModel
 
     local = DiffCLIPModel.from_pretrained(output).eval()
     with torch.no_grad():
         local_image = local.get_image_features(pixel_values=reference["pixel_values"]).pooler_output
-    assert torch.tensor(pulled["image"]).tolist() == local_image.tolist()
+    torch.testing.assert_close(torch.tensor(pulled["image"]), local_image, atol=1e-6, rtol=1e-5)
     assert abs(pulled["score_sum"] - 1) < 1e-5
 
 
@@ -123,6 +128,7 @@ def test_push_to_hub_from_python_round_trips(hub, tmp_path):
         + """
 import json, torch
 from transformers import AutoConfig, AutoModel
+
 model = AutoModel.from_pretrained("test-user/pushed", trust_remote_code=True).eval()
 config = AutoConfig.from_pretrained("test-user/pushed", trust_remote_code=True)
 with torch.no_grad():
@@ -131,7 +137,9 @@ print(json.dumps({"text": text.tolist(), "schedule": config.vision_config.lambda
 """,
         home="hf-home-2",
     )
-    assert pulled["text"] == out["text"] and pulled["schedule"] == "dynamic"
+    # two processes, so equal up to their kernels' rounding (fp32, 2 layers)
+    torch.testing.assert_close(torch.tensor(pulled["text"]), torch.tensor(out["text"]), atol=1e-6, rtol=1e-5)
+    assert pulled["schedule"] == "dynamic"
 
 
 def test_pretrain_pushes_its_final_model(hub, tmp_path):

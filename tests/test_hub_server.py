@@ -12,6 +12,9 @@ from conftest import run_client
 from hub_server import HubServer
 
 
+pytestmark = pytest.mark.slow  # fresh interpreters against the Hub stand-in
+
+
 def test_upload_folder_list_and_download_give_back_the_same_bytes(hub, tmp_path):
     out = run_client(
         hub,

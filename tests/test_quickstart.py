@@ -4,9 +4,11 @@ import ast
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_quickstart_runs_and_classifies():
     script = REPO_ROOT / "examples" / "quickstart.py"
     completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
