@@ -15,9 +15,9 @@ from functools import partial
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
-    CLIPMLP,
     CLIPAttention,
     CLIPEncoder,
     CLIPEncoderLayer,
@@ -36,6 +36,12 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 
 from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
+
+
+try:
+    from transformers.initialization import no_init_weights
+except ImportError:  # only a speed-up (see below): without it, the modules replaced are initialised for nothing
+    from contextlib import nullcontext as no_init_weights
 
 
 logger = logging.get_logger(__name__)
@@ -142,6 +148,34 @@ class DiffCLIPAttention(CLIPAttention):
         lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dtype=torch.float32))
         return lambda_1 - lambda_2 + self.lambda_init
 
+    def softmax_maps(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The two softmax maps of every differential head before they are combined, A1 and A2, each of shape
+        `(batch_size, num_attention_heads // 2, seq_len, seq_len)` with rows summing to 1. (`output_attentions=True`
+        gives their combination A1 − λ·A2, the map the layer applies.) For layer `i` of a tower run with
+        `output_hidden_states=True`:
+
+            a1, a2 = layer.self_attn.softmax_maps(layer.layer_norm1(outputs.hidden_states[i]), attention_mask)
+
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): the attention's input.
+            attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*): the text's padding mask
+                (1 for tokens, 0 for padding). Text-tower layers also apply their causal mask.
+        """
+        input_shape = hidden_states.shape[:-1]
+        queries = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        keys = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        scores = torch.matmul(queries, keys.transpose(-1, -2)) * self.scale
+        masked = torch.zeros(scores.shape[-2:], dtype=torch.bool, device=scores.device)
+        if isinstance(self.config, CLIPTextConfig):
+            masked = torch.ones_like(masked).triu(1)
+        if attention_mask is not None:
+            masked = masked | (attention_mask[:, None, None, :] == 0)
+        maps = scores.masked_fill(masked, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(queries.dtype)
+        return maps[:, 0::2], maps[:, 1::2]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -157,7 +191,8 @@ class DiffCLIPAttention(CLIPAttention):
         Returns:
             `attn_output` of shape `(batch_size, seq_len, hidden_size)` and, with the eager backend, the differential
             maps A1 − λ·A2 of shape `(batch_size, num_attention_heads // 2, seq_len, seq_len)` (each row sums to
-            1 − λ), else `None`.
+            1 − λ; one map per differential head, half as many heads as CLIP's), else `None`. [`softmax_maps`]
+            gives A1 and A2.
         """
         input_shape = hidden_states.shape[:-1]
         queries = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
@@ -193,31 +228,30 @@ class DiffCLIPAttention(CLIPAttention):
         return attn_output, attn_weights
 
 
+# Every class below calls its CLIP parent's constructor, then replaces only the sub-modules that differ: whatever a
+# later CLIP constructor sets up for its `forward` is then there in checkpoints already shipped with this file. Where
+# the replaced modules are most of the parent (an encoder's layers, a model's towers), the parent is built without
+# initialising its weights, which costs next to nothing; `post_init` then initialises every module that was kept.
+
+
 class DiffCLIPEncoderLayer(CLIPEncoderLayer):
     """CLIP's pre-norm transformer block, with differential attention when the config asks for it."""
 
     def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig, layer_idx: int):
-        nn.Module.__init__(self)
-        self.embed_dim = config.hidden_size
+        super().__init__(config)
         if config.use_differential_attention:
             self.self_attn = DiffCLIPAttention(config, layer_idx)
-        else:
-            self.self_attn = CLIPAttention(config)
-        self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
-        self.mlp = CLIPMLP(config)
-        self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
 
 
 class DiffCLIPEncoder(CLIPEncoder):
     """A stack of `config.num_hidden_layers` [`DiffCLIPEncoderLayer`], layer `l` knowing its index for λ_init(l)."""
 
     def __init__(self, config: DiffCLIPTextConfig | DiffCLIPVisionConfig):
-        nn.Module.__init__(self)
-        self.config = config
+        with no_init_weights():
+            super().__init__(config)
         self.layers = nn.ModuleList(
             [DiffCLIPEncoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
-        self.gradient_checkpointing = False
 
 
 class DiffCLIPTextEmbeddings(CLIPTextEmbeddings):
@@ -279,39 +313,39 @@ class DiffCLIPTextModel(DiffCLIPPreTrainedModel, CLIPTextModel):
     """
     The DiffCLIP text tower without projection: `forward(input_ids (batch, seq), attention_mask=None)` returns
     `last_hidden_state` (batch, seq, hidden) and `pooler_output` (batch, hidden), the final-norm state at the first
-    end-of-text token.
+    end-of-text token. With `output_attentions=True` (eager attention), `attentions` holds per layer the
+    differential maps A1 − λ·A2, (batch, num_attention_heads // 2, seq, seq), or CLIP's (batch,
+    num_attention_heads, seq, seq) where the tower is not differential; see [`DiffCLIPAttention.softmax_maps`].
     """
 
     config: DiffCLIPTextConfig
 
     def __init__(self, config: DiffCLIPTextConfig):
-        PreTrainedModel.__init__(self, config)
+        with no_init_weights():
+            super().__init__(config)
         self.embeddings = DiffCLIPTextEmbeddings(config)
         self.encoder = DiffCLIPEncoder(config)
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.eos_token_id = config.eos_token_id
-        self.post_init()
+        self.post_init()  # initialises the new modules (those kept from CLIP's constructor are initialised already)
 
 
 class DiffCLIPVisionModel(DiffCLIPPreTrainedModel, CLIPVisionModel):
     """
     The DiffCLIP vision tower without projection: `forward(pixel_values (batch, channels, height, width))` returns
     `last_hidden_state` (batch, 1 + patches, hidden) and `pooler_output` (batch, hidden), the class token after the
-    final LayerNorm.
+    final LayerNorm. `output_attentions=True` (eager attention) gives per layer the differential maps,
+    (batch, num_attention_heads // 2, 1 + patches, 1 + patches), as [`DiffCLIPTextModel`] describes.
     """
 
     config: DiffCLIPVisionConfig
 
     def __init__(self, config: DiffCLIPVisionConfig):
-        PreTrainedModel.__init__(self, config)
+        with no_init_weights():
+            super().__init__(config)
         self.embeddings = DiffCLIPVisionEmbeddings(config)
         # The released checkpoints (a timm ViT) have no LayerNorm between the embeddings and the encoder.
-        if config.pre_layernorm:
-            self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        else:
+        if not config.pre_layernorm:
             self.pre_layrnorm = nn.Identity()
         self.encoder = DiffCLIPEncoder(config)
-        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
 
@@ -321,22 +355,18 @@ class DiffCLIPModel(DiffCLIPPreTrainedModel, CLIPModel):
     embeddings, of shape (batch, projection_dim), in `pooler_output`; `forward(input_ids, pixel_values,
     return_loss=False)` returns a `CLIPOutput` with `logits_per_image` (images, texts), `logits_per_text`, the
     L2-normalised `image_embeds`/`text_embeds` and, with `return_loss=True`, the symmetric contrastive loss.
+    `output_attentions=True` (eager attention) adds each tower's maps to `text_model_output`/`vision_model_output`:
+    per differential layer A1 − λ·A2 of shape (batch, num_attention_heads // 2, tokens, tokens), one map per
+    differential head (see [`DiffCLIPTextModel`] and [`DiffCLIPAttention.softmax_maps`]).
     """
 
     config: DiffCLIPConfig
 
     def __init__(self, config: DiffCLIPConfig):
-        PreTrainedModel.__init__(self, config)
-        self.projection_dim = config.projection_dim
-        self.text_embed_dim = config.text_config.hidden_size
-        self.vision_embed_dim = config.vision_config.hidden_size
-
+        with no_init_weights():
+            super().__init__(config)
         self.text_model = DiffCLIPTextModel._from_config(config.text_config)
         self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
-
-        self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
-        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -357,9 +387,9 @@ class DiffCLIPTextModelWithProjection(DiffCLIPPreTrainedModel, CLIPTextModelWith
     config: DiffCLIPTextConfig
 
     def __init__(self, config: DiffCLIPTextConfig):
-        PreTrainedModel.__init__(self, config)
+        with no_init_weights():
+            super().__init__(config)
         self.text_model = DiffCLIPTextModel._from_config(config)
-        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.post_init()
 
 
@@ -371,9 +401,9 @@ class DiffCLIPVisionModelWithProjection(DiffCLIPPreTrainedModel, CLIPVisionModel
     config: DiffCLIPVisionConfig
 
     def __init__(self, config: DiffCLIPVisionConfig):
-        PreTrainedModel.__init__(self, config)
+        with no_init_weights():
+            super().__init__(config)
         self.vision_model = DiffCLIPVisionModel._from_config(config)
-        self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.post_init()
 
 
@@ -386,13 +416,9 @@ class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassi
     config: DiffCLIPConfig
 
     def __init__(self, config: DiffCLIPConfig):
-        PreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
+        with no_init_weights():
+            super().__init__(config)
         self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
-        if config.num_labels > 0:
-            self.classifier = nn.Linear(config.vision_config.hidden_size, config.num_labels)
-        else:
-            self.classifier = nn.Identity()
         self.post_init()
 
 

@@ -14,6 +14,7 @@ from transformers.processing_utils import ProcessorMixin
 CLIP_BPE_PATH = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_NUM_MERGES = 49152 - 256 - 2
 CLIP_CONTEXT_LENGTH = 77
+_ABSENT = object()
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -69,6 +70,32 @@ class DiffCLIPProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """
+        Save as [`~transformers.ProcessorMixin.save_pretrained`] does, with `auto_map` in `processor_config.json`
+        for `trust_remote_code` loads, and without side effects: Transformers writes `auto_map` onto the processor
+        and its image processor to serialise it, and it is removed from them again here.
+        """
+        objects = [self, *(getattr(self, name) for name in self.get_attributes())]
+        before = [obj.__dict__.get("auto_map", _ABSENT) for obj in objects]
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            for obj, auto_map in zip(objects, before):
+                if auto_map is _ABSENT:
+                    obj.__dict__.pop("auto_map", None)
+                else:
+                    obj.auto_map = auto_map
+
+    def to_dict(self) -> dict:
+        # `auto_map` names this processor class; the image processor's copy of it (written while saving) is noise that
+        # would come back as an attribute of the loaded image processor.
+        output = super().to_dict()
+        for name in self.get_attributes():
+            if isinstance(output.get(name), dict):
+                output[name].pop("auto_map", None)
+        return output
 
     @classmethod
     def from_defaults(

@@ -132,6 +132,11 @@ def model_card(
         "",
         f"Joint embedding dimension: {config.projection_dim}.",
         "",
+        'With `attn_implementation="eager"`, `output_attentions=True` returns, for each differential layer, the '
+        "maps A1 − λ·A2 the layer applies: one per differential head, of shape (batch, num_attention_heads / 2, "
+        "tokens, tokens), rows summing to 1 − λ. `DiffCLIPAttention.softmax_maps` gives the two softmax maps A1 "
+        "and A2.",
+        "",
     ]
     if results:
         lines += ["## Results", "", "| metric | value |", "| --- | --- |"]

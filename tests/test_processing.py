@@ -55,3 +55,20 @@ def test_images_are_resized_cropped_and_normalised_as_released():
     inputs = processor(text=["a", "b c"], images=[image, image], padding=True, return_tensors="pt")
     assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
     assert inputs["input_ids"].shape == (2, 4) and inputs["pixel_values"].shape == (2, 3, 64, 64)
+
+
+def test_saving_has_no_side_effects_and_round_trips(tmp_path):
+    """Transformers' processor round-trip check, and a folder that still loads with trust_remote_code."""
+    processor = DiffCLIPProcessor.from_defaults(image_size=32, context_length=16)
+    before = processor.to_dict()
+    processor.save_pretrained(tmp_path / "first")
+    assert processor.to_dict() == before
+    assert "auto_map" not in vars(processor) and "auto_map" not in vars(processor.image_processor)
+    saved = json.loads((tmp_path / "first" / "processor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoProcessor": "processing_diffclip.DiffCLIPProcessor"}
+    assert "auto_map" not in saved["image_processor"]
+    loaded = AutoProcessor.from_pretrained(tmp_path / "first")
+    assert loaded.to_dict() == before
+    loaded.save_pretrained(tmp_path / "second")
+    assert AutoProcessor.from_pretrained(tmp_path / "second").to_dict() == before
+    assert (tmp_path / "second" / "processing_diffclip.py").is_file()
