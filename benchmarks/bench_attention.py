@@ -16,12 +16,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from benchmarking import new_payload, parse_args, run_shape, trainable, write_json
-from reference_diffclip import causal_mask, reference_from
 from transformers import CLIPTextConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.clip.modeling_clip import CLIPAttention
 
+from diffclip_lab.benchmarking import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.official import causal_mask, reference_from
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
@@ -144,14 +144,14 @@ def _sdpa(q, k, v, causal, scale=None):
 
 def per_map_and_half(q, k, v, lambda_full, weight, causal):
     """DiffCLIPAttention's: 4 calls of h heads, one per map and value half; every argument a view."""
-    maps = list(zip(q.unflatten(1, (-1, 2)).unbind(2), k.unflatten(1, (-1, 2)).unbind(2)))
+    maps = list(zip(q.unflatten(1, (-1, 2)).unbind(2), k.unflatten(1, (-1, 2)).unbind(2), strict=True))
     halves = v.unflatten(-1, (2, -1)).unbind(-2)
     return _norm([_sdpa(qm, km, half, causal) for half in halves for qm, km in maps], lambda_full, weight)
 
 
 def per_map_and_half_autograd_norm(q, k, v, lambda_full, weight, causal):
     """The same calls, the difference and norm left to autograd (which keeps their intermediate tensors)."""
-    maps = list(zip(q.unflatten(1, (-1, 2)).unbind(2), k.unflatten(1, (-1, 2)).unbind(2)))
+    maps = list(zip(q.unflatten(1, (-1, 2)).unbind(2), k.unflatten(1, (-1, 2)).unbind(2), strict=True))
     halves = [[_sdpa(qm, km, half, causal) for qm, km in maps] for half in v.unflatten(-1, (2, -1)).unbind(-2)]
     diff = torch.cat([first - lambda_full * second for first, second in halves], dim=-1)
     return F.rms_norm(diff.float(), diff.shape[-1:], eps=1e-5).to(diff.dtype) * weight * 0.2

@@ -22,25 +22,17 @@ import copy
 import sys
 
 import torch
-from benchmarking import new_payload, parse_args, run_shape, trainable, write_json
-from reference_diffclip import reference_from
 from transformers import CLIPConfig, CLIPModel
 
+from diffclip_lab.benchmarking import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.official import reference_from
+from diffclip_lab.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 
-TINY = dict(  # examples/pretrain.py MODEL_CONFIGS["tiny"]
-    text_config=dict(
-        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16
-    ),
-    vision_config=dict(
-        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
-    ),
-    projection_dim=64,
-)
 # config, whether images are part of the step (else the text tower alone), default batch per device
 SHAPES = {
-    "tiny": dict(config=TINY, images=True, batch={"cpu": 32, "cuda": 1024}),
+    "tiny": dict(config=MODEL_CONFIGS["tiny"], images=True, batch={"cpu": 32, "cuda": 1024}),
     "vit-b-16": dict(config={}, images=True, batch={"cpu": 2, "cuda": 256}),
     "vit-b-16-336": dict(config={"vision_config": {"image_size": 336}}, images=True, batch={"cpu": 1, "cuda": 128}),
     "vit-b-16-384": dict(config={"vision_config": {"image_size": 384}}, images=True, batch={"cpu": 1, "cuda": 128}),

@@ -5,36 +5,24 @@ The tower configs extend their CLIP counterparts, so every CLIP field keeps its 
 describe differential attention and the few architectural switches the released checkpoints need.
 """
 
+import copy
 import math
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.clip.configuration_clip import CLIPTextConfig, CLIPVisionConfig
-from transformers.utils import logging
 
-
-logger = logging.get_logger(__name__)
 
 LAMBDA_SCHEDULES = ("constant", "dynamic")
 
-# The paper's models as (text tower differential, vision tower differential, λ_init schedule).
+# The paper's models as (text tower differential, vision tower differential, λ_init schedule), and their names there.
 VARIANTS = {
     "clip": (False, False, "constant"),
     "diffclip": (True, True, "constant"),
-    "diffclip-vision": (False, True, "constant"),  # DiffCLIP†
-    "diffclip-dynamic": (True, True, "dynamic"),  # DiffCLIP*
+    "diffclip-vision": (False, True, "constant"),
+    "diffclip-dynamic": (True, True, "dynamic"),
 }
-
-
-def variant_tower_kwargs(variant: str) -> tuple[dict, dict]:
-    """The text and vision config fields that make `variant` (a key of `VARIANTS`)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    text_differential, vision_differential, schedule = VARIANTS[variant]
-    return (
-        dict(use_differential_attention=text_differential, lambda_schedule=schedule),
-        dict(use_differential_attention=vision_differential, lambda_schedule=schedule),
-    )
+PAPER_NAMES = {"clip": "CLIP", "diffclip": "DiffCLIP", "diffclip-vision": "DiffCLIP†", "diffclip-dynamic": "DiffCLIP*"}
 
 
 class _DifferentialAttentionConfigMixin:
@@ -177,26 +165,58 @@ class DiffCLIPConfig(PreTrainedConfig):
         self.vision_config.projection_dim = self.projection_dim
 
     @classmethod
+    def for_variant(cls, variant: str, **kwargs) -> "DiffCLIPConfig":
+        """The config of one of the paper's models (a key of `VARIANTS`); `kwargs` as for `DiffCLIPConfig`."""
+        return cls(**kwargs).with_variant(variant)
+
+    def with_variant(self, variant: str) -> "DiffCLIPConfig":
+        """A copy of this config with the towers' attention set as in `variant`, a key of `VARIANTS`."""
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+        text_differential, vision_differential, schedule = VARIANTS[variant]
+        config = copy.deepcopy(self)
+        for tower, differential in (
+            (config.text_config, text_differential),
+            (config.vision_config, vision_differential),
+        ):
+            tower.use_differential_attention, tower.lambda_schedule = differential, schedule
+            tower.validate()
+        return config
+
+    @property
+    def variant(self) -> str | None:
+        """Which of the paper's models this is (a key of `VARIANTS`), or None for another combination."""
+        text, vision = self.text_config, self.vision_config
+        differential = (text.use_differential_attention, vision.use_differential_attention)
+        schedules = {tower.lambda_schedule for tower in (text, vision) if tower.use_differential_attention}
+        for name, (text_differential, vision_differential, schedule) in VARIANTS.items():
+            if differential == (text_differential, vision_differential) and schedules <= {schedule}:
+                return name
+        return None
+
+    @classmethod
     def from_clip_config(cls, clip_config, variant: str = "diffclip", **kwargs) -> "DiffCLIPConfig":
         """
         The DiffCLIP config of a Transformers `CLIPConfig`: every CLIP field kept (OpenAI CLIP's pre-encoder
         LayerNorm and bias-free patch embedding included), differential attention set by `variant`, one of
         `VARIANTS`. With `variant="clip"` the model is exactly the CLIP model.
         """
-        text_kwargs, vision_kwargs = variant_tower_kwargs(variant)
         shared = dict(
             projection_dim=clip_config.projection_dim,
             logit_scale_init_value=clip_config.logit_scale_init_value,
             initializer_factor=clip_config.initializer_factor,
         )
-        text_config = {**_tower_fields(clip_config.text_config), **text_kwargs}
         vision_config = {
             **_tower_fields(clip_config.vision_config),
-            **vision_kwargs,
             "pre_layernorm": True,
             "patch_embedding_bias": False,
         }
-        return cls(text_config=text_config, vision_config=vision_config, **{**shared, **kwargs})
+        return cls.for_variant(
+            variant,
+            text_config=_tower_fields(clip_config.text_config),
+            vision_config=vision_config,
+            **{**shared, **kwargs},
+        )
 
 
 def _tower_fields(tower_config) -> dict:
@@ -207,4 +227,4 @@ def _tower_fields(tower_config) -> dict:
     return fields
 
 
-__all__ = ["DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]
+__all__ = ["PAPER_NAMES", "VARIANTS", "DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]

@@ -33,7 +33,7 @@ from transformers.models.clip.modeling_clip import (
     eager_attention_forward,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs
 
 from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
 
@@ -42,9 +42,6 @@ try:
     from transformers.initialization import no_init_weights
 except ImportError:  # only a speed-up (see below): without it, the modules replaced are initialised for nothing
     from contextlib import nullcontext as no_init_weights
-
-
-logger = logging.get_logger(__name__)
 
 
 class DiffCLIPRMSNorm(nn.Module):
@@ -107,7 +104,9 @@ def _concatenated(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _difference(outputs: list[torch.Tensor], lambda_full: torch.Tensor) -> torch.Tensor:
     """O1 − λ·O2 of `DifferentialNorm`'s outputs, taken in their dtype, returned in at least float32."""
     lambda_full = lambda_full.to(outputs[0].dtype)
-    diff = _concatenated([torch.addcmul(o1, o2, -lambda_full) for o1, o2 in zip(outputs[0::2], outputs[1::2])])
+    diff = _concatenated(
+        [torch.addcmul(o1, o2, -lambda_full) for o1, o2 in zip(outputs[0::2], outputs[1::2], strict=True)]
+    )
     return diff.to(torch.promote_types(diff.dtype, torch.float32))
 
 
@@ -217,7 +216,9 @@ class DiffCLIPAttention(CLIPAttention):
             attn_output = self.diff_norm(torch.matmul(attn_weights, values).transpose(1, 2)) * (1 - self.lambda_init)
         else:
             # (batch, heads / 2, seq, head_dim) views: the first and second maps' queries and keys, the value halves
-            maps = list(zip(queries.unflatten(1, (-1, 2)).unbind(2), keys.unflatten(1, (-1, 2)).unbind(2)))
+            maps = list(
+                zip(queries.unflatten(1, (-1, 2)).unbind(2), keys.unflatten(1, (-1, 2)).unbind(2), strict=True)
+            )
             halves = values.unflatten(-1, (2, -1)).unbind(-2)
             outputs = [attend(q, k, half)[0] for half in halves for q, k in maps]
             attn_output = DifferentialNorm.apply(

@@ -82,7 +82,7 @@ class DiffCLIPProcessor(ProcessorMixin):
         try:
             return super().save_pretrained(save_directory, **kwargs)
         finally:
-            for obj, auto_map in zip(objects, before):
+            for obj, auto_map in zip(objects, before, strict=True):
                 if auto_map is _ABSENT:
                     obj.__dict__.pop("auto_map", None)
                 else:

@@ -1,5 +1,6 @@
 """Shared test set-up: offline Hub, tiny configs, and the read-only fixtures in ../shared/fixtures."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,10 +22,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# the scripts of convert/ and examples/ are imported by their tests, as their folders are on their path when run
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "convert"), str(REPO_ROOT / "examples")]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 OFFICIAL_TINY = SHARED_FIXTURES / "official-diffclip-tiny"
+
+
+def load_script(relative_path: str):
+    """A script of examples/, convert/ or benchmarks/ imported from its file, as a module of its own name (scripts
+    are no package, and their folders are not put on sys.path)."""
+    name = "script_" + relative_path.removesuffix(".py").replace("/", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / relative_path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_script(script, argv: list) -> int:
+    """`script.main(argv)` as its command line runs it: the exit status, and a user error's one line on stderr."""
+    from diffclip_lab.cli import run_main
+
+    try:
+        run_main(lambda: script.main([str(arg) for arg in argv]))
+    except SystemExit as exit:
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+            return 1
+        return exit.code or 0
 
 
 def tiny_config_kwargs(text=None, vision=None, **kwargs):

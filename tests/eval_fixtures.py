@@ -38,8 +38,10 @@ def _write_shards(split_dir, samples: list[dict[str, bytes]], shards: int = 2):
                     tar.addfile(info, io.BytesIO(payload))
 
 
-def write_clip_benchmark_classification(root, per_class={"train": 8, "test": 4}, extensions=("webp", "png", "jpg")):
+def write_clip_benchmark_classification(root, per_class=None, extensions=("webp", "png", "jpg")):
     """`<root>/<split>/{nshards.txt, i.tar}` with image + `cls` samples, class names and templates."""
+    if per_class is None:
+        per_class = {"train": 8, "test": 4}
     root.mkdir(parents=True, exist_ok=True)
     (root / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")

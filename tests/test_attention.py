@@ -5,41 +5,26 @@ import math
 import pytest
 import torch
 
+from diffclip_lab.official import attention
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
 
 def reference_differential_attention(attn: DiffCLIPAttention, x: torch.Tensor, mask: torch.Tensor | None):
     """
-    Loop over differential heads i: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d,
-    out_i = (1 − λ_init) · RMSNorm((A1 − λ A2) V_i) with a learned weight, all in float64.
+    The official attention (`diffclip_lab.official`, written from the paper's code) on the module's tensors, in
+    float64: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d, out_i = (1 − λ_init) ·
+    RMSNorm((A1 − λ A2) V_i) with a learned weight. Returns the output, the maps A1 − λ A2 and λ.
     """
-    p = {name: t.detach().double() for name, t in attn.named_parameters()}
-    x = x.double()
-    q = x @ p["q_proj.weight"].T + p["q_proj.bias"]
-    k = x @ p["k_proj.weight"].T + p["k_proj.bias"]
-    v = x @ p["v_proj.weight"].T + p["v_proj.bias"]
-    d = attn.head_dim
+    p = {name: t.detach().double() for name, t in attn.state_dict().items()}
     lam = (
         math.exp(float(p["lambda_q1"] @ p["lambda_k1"]))
         - math.exp(float(p["lambda_q2"] @ p["lambda_k2"]))
         + attn.lambda_init
     )
-    outputs, maps = [], []
-    for i in range(attn.num_heads // 2):
-        scores = []
-        for head in (2 * i, 2 * i + 1):
-            s = q[..., head * d : (head + 1) * d] @ k[..., head * d : (head + 1) * d].transpose(-1, -2) / math.sqrt(d)
-            if mask is not None:
-                s = s + mask[:, 0].double()
-            scores.append(torch.softmax(s, dim=-1))
-        diff_map = scores[0] - lam * scores[1]
-        o = diff_map @ v[..., 2 * i * d : (2 * i + 2) * d]
-        o = o / torch.sqrt((o * o).mean(-1, keepdim=True) + 1e-5) * p["diff_norm.weight"] * (1 - attn.lambda_init)
-        outputs.append(o)
-        maps.append(diff_map)
-    out = torch.cat(outputs, dim=-1) @ p["out_proj.weight"].T + p["out_proj.bias"]
-    return out, torch.stack(maps, dim=1), lam
+    mask = None if mask is None else mask.double()
+    out, maps = attention(x.double(), p, attn.num_heads, attn.lambda_init, mask, return_maps=True)
+    return out, maps, lam
 
 
 def make_attention(implementation: str, layer_idx: int = 3, **config_kwargs) -> DiffCLIPAttention:

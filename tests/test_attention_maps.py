@@ -2,13 +2,16 @@
 
 import random
 
-import attention_maps
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
-from shapes import render
 
+from diffclip_lab.shapes import render
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor
+
+
+attention_maps = load_script("examples/attention_maps.py")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def test_grid_of_relevance_maps(saved):
         assert len(per_query) == 2
         for relevance in per_query:
             assert relevance.shape == (4, 4)  # 32 px / patch 8
-            assert relevance.min() == 0 and relevance.max() == pytest.approx(1.0)
+            assert relevance.min() == 0
+            assert relevance.max() == pytest.approx(1.0)
         assert not torch.equal(per_query[0], per_query[1])  # conditioned on the text
     with Image.open(output) as figure:
         figure.verify()
@@ -62,8 +66,9 @@ def test_relevance_is_the_chefer_rule_on_differential_maps(saved):
     maps = outputs.vision_model_output.attentions
     gradients = torch.autograd.grad(outputs.logits_per_image[0, 0], maps)
     relevance = torch.eye(17)
-    for attention, gradient in zip(maps, gradients):
-        assert attention.shape == (1, 2, 17, 17) and gradient.abs().sum() > 0
+    for attention, gradient in zip(maps, gradients, strict=True):
+        assert attention.shape == (1, 2, 17, 17)
+        assert gradient.abs().sum() > 0
         relevance = relevance + (gradient * attention).clamp(min=0).mean(dim=1)[0] @ relevance
     expected = relevance[0, 1:].view(4, 4)
     expected = (expected - expected.min()) / (expected - expected.min()).max()

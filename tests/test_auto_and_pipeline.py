@@ -77,7 +77,7 @@ def test_zero_shot_pipeline_scores_are_the_models(saved_model):
     assert "not supported" not in captured.out
     result = classifier(make_image(), candidate_labels=LABELS, hypothesis_template="{}")
     assert sorted(r["label"] for r in result) == sorted(LABELS)
-    expected = dict(zip(LABELS, expected_probabilities(saved_model).tolist()))
+    expected = dict(zip(LABELS, expected_probabilities(saved_model).tolist(), strict=True))
     for entry in result:
         assert entry["score"] == pytest.approx(expected[entry["label"]], abs=1e-6)
     assert [r["score"] for r in result] == sorted((r["score"] for r in result), reverse=True)

@@ -1,29 +1,20 @@
 """The benchmarks' reference implementation against every attention backend, and the benchmark scripts end to end."""
 
 import json
-import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config_kwargs
+from conftest import load_script, tiny_config_kwargs
 from test_attention import causal_padding_mask, make_attention
 from transformers.masking_utils import create_causal_mask
 
+from diffclip_lab.benchmarking import peak_memory
+from diffclip_lab.official import reference_from, to_official_state_dict
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
 
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import bench_attention  # noqa: E402
-import bench_model  # noqa: E402
-from benchmarking import peak_memory  # noqa: E402
-from reference_diffclip import (  # noqa: E402
-    ATTENTION_NAMES,
-    TO_REFERENCE_LAYOUT,
-    ReferenceDiffCLIP,
-    load_diffclip_state_dict,
-    reference_from,
-    reference_names,
-)
+bench_attention = load_script("benchmarks/bench_attention.py")
+bench_model = load_script("benchmarks/bench_model.py")
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -59,7 +50,7 @@ def test_attention_backends_and_reference_agree_forward_and_backward():
     inputs = x.clone().requires_grad_(True)
     expected = reference(inputs, causal_padding_mask([7, 5, 2], 7))
     expected.backward(probe)
-    expected_grads = {ATTENTION_NAMES[name]: p.grad for name, p in reference.named_parameters()}
+    expected_grads = {name: p.grad for name, p in reference.official().items()}
     for implementation in ("eager", "sdpa", "flex_attention"):
         attention = make_attention(implementation)
         mask = create_causal_mask(config=attention.config, inputs_embeds=x, attention_mask=padding, cache=None)
@@ -86,10 +77,11 @@ def test_fused_attention_memory_grows_linearly_with_tokens():
         peaks = []
         for tokens in (64, 256):
             x = torch.randn(2, tokens, 64, requires_grad=True)
-            peaks.append(peak_memory(lambda: attention(x)[0].sum().backward(), "cpu"))
+            peaks.append(peak_memory(lambda attention=attention, x=x: attention(x)[0].sum().backward(), "cpu"))
             attention.zero_grad(set_to_none=True)
         growth[implementation] = peaks[1] / peaks[0]
-    assert growth["sdpa"] < 4.5 and growth["eager"] > 10, growth
+    assert growth["sdpa"] < 4.5, growth
+    assert growth["eager"] > 10, growth
 
 
 def test_models_and_reference_agree_forward_and_backward():
@@ -102,8 +94,7 @@ def test_models_and_reference_agree_forward_and_backward():
     reference = reference_from(model)
     logits, loss = reference(batch["input_ids"], batch["pixel_values"])
     loss.backward()
-    names = reference_names(reference)
-    expected_grads = {name: p.grad for name, p in reference.named_parameters()}
+    expected_grads = reference.diffclip_grads()
     for implementation in ("eager", "sdpa"):
         model.set_attn_implementation(implementation)
         model.zero_grad(set_to_none=True)
@@ -111,23 +102,27 @@ def test_models_and_reference_agree_forward_and_backward():
         out.loss.backward()
         torch.testing.assert_close(out.logits_per_image, logits, atol=1e-5, rtol=1e-5, msg=implementation)
         torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5, msg=implementation)
-        grads = dict(model.named_parameters())
-        assert_grads_close(
-            {name: TO_REFERENCE_LAYOUT.get(name, lambda t: t)(grads[names[name]].grad) for name in expected_grads},
-            expected_grads,
-        )
+        assert_grads_close({name: p.grad for name, p in model.named_parameters()}, expected_grads)
 
 
 def test_reference_refuses_a_state_dict_it_cannot_fill():
     model = DiffCLIPModel(DiffCLIPConfig(**tiny_config_kwargs()))
     state_dict = model.state_dict()
     del state_dict["vision_model.encoder.layers.0.self_attn.diff_norm.weight"]
-    reference = ReferenceDiffCLIP(model.config)
     with pytest.raises(KeyError, match="vision_model.encoder.layers.0.self_attn.diff_norm.weight"):
-        load_diffclip_state_dict(reference, state_dict)
-    plain = DiffCLIPConfig(**tiny_config_kwargs(text=dict(use_differential_attention=False)))
-    with pytest.raises(ValueError, match="both use differential attention"):
-        ReferenceDiffCLIP(plain)
+        to_official_state_dict(state_dict, model.config)
+
+
+def test_reference_of_plain_towers_is_the_model():
+    """CLIP's attention in the official layouts (fused qkv), against the model with differential attention off."""
+    config = DiffCLIPConfig.for_variant("clip", **tiny_config_kwargs())
+    torch.manual_seed(0)
+    model = DiffCLIPModel(config).eval()
+    batch = bench_model.inputs(config, batch_size=3, images=True, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        logits, loss = reference_from(model)(batch["input_ids"], batch["pixel_values"])
+        out = model(**batch, return_loss=True)
+    torch.testing.assert_close(out.logits_per_image, logits, atol=1e-5, rtol=1e-5)
 
 
 RESULT_KEYS = {
@@ -169,11 +164,15 @@ def check_payload(path, script, candidates, sections):
     assert payload["settings"]["repeats"] == 1
     for result in payload["results"]:
         assert result.keys() == RESULT_KEYS
-        assert len(result["times_s"]) == 1 and result["median_s"] > 0 and result["peak_memory_bytes"] > 0
+        assert len(result["times_s"]) == 1
+        assert result["median_s"] > 0
+        assert result["peak_memory_bytes"] > 0
         if result["candidate"].startswith("diffclip"):
             assert result["max_abs_error"] < 1e-4, result
     for ratio in payload["ratios"]:
-        assert ratio.keys() == RATIO_KEYS and ratio["time_ratio_median"] > 0 and ratio["memory_ratio"] > 0
+        assert ratio.keys() == RATIO_KEYS
+        assert ratio["time_ratio_median"] > 0
+        assert ratio["memory_ratio"] > 0
     found = {(r["section"], r["mode"], r["candidate"]) for r in payload["results"]}
     assert found == {(s, m, c) for s in sections for m in ("forward", "train") for c in candidates[s]}
     assert {(r["numerator"], r["denominator"]) for r in payload["ratios"]} >= {

@@ -12,14 +12,17 @@ from modeling_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVision
 def test_defaults_are_the_released_vit_b16():
     config = DiffCLIPConfig()
     text, vision = config.text_config, config.vision_config
-    assert isinstance(text, DiffCLIPTextConfig) and isinstance(vision, DiffCLIPVisionConfig)
+    assert isinstance(text, DiffCLIPTextConfig)
+    assert isinstance(vision, DiffCLIPVisionConfig)
     assert (text.hidden_size, text.num_attention_heads, text.num_hidden_layers) == (512, 8, 12)
     assert (text.max_position_embeddings, text.vocab_size, text.hidden_act) == (77, 49408, "quick_gelu")
     assert (vision.hidden_size, vision.num_attention_heads, vision.num_hidden_layers) == (768, 12, 12)
     assert (vision.image_size, vision.patch_size, vision.hidden_act) == (224, 16, "gelu")
-    assert vision.pre_layernorm is False and vision.patch_embedding_bias is True
+    assert vision.pre_layernorm is False
+    assert vision.patch_embedding_bias is True
     assert text.layer_norm_eps == vision.layer_norm_eps == 1e-5
-    assert text.use_differential_attention and vision.use_differential_attention
+    assert text.use_differential_attention
+    assert vision.use_differential_attention
     assert text.lambda_init == vision.lambda_init == 0.8
     assert config.projection_dim == text.projection_dim == vision.projection_dim == 512
     assert config.logit_scale_init_value == pytest.approx(math.log(1 / 0.07), abs=1e-4)

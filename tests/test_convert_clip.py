@@ -2,13 +2,15 @@
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
-from convert_clip_to_diffclip import main
+from conftest import load_script, run_script, tiny_config_kwargs
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
+
+
+CONVERTER = load_script("convert/convert_clip_to_diffclip.py")
 
 
 def save_tiny_clip(path, with_processor=True, **text_overrides):
@@ -40,14 +42,17 @@ def inputs(processor):
 @pytest.mark.parametrize("variant", ["diffclip", "diffclip-vision", "diffclip-dynamic"])
 def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_clip, tmp_path, variant):
     clip, path = tiny_clip
-    assert main(["--model", str(path), "--output_dir", str(tmp_path / "out"), "--variant", variant]) == 0
+    assert (
+        run_script(CONVERTER, ["--model", str(path), "--output_dir", str(tmp_path / "out"), "--variant", variant]) == 0
+    )
     model = AutoModel.from_pretrained(tmp_path / "out")
     assert type(model) is DiffCLIPModel
     ours = model.state_dict()
     for name, tensor in clip.state_dict().items():
         torch.testing.assert_close(ours[name], tensor, atol=0, rtol=0, msg=name)
     new = sorted(set(ours) - set(clip.state_dict()))
-    assert new and all(
+    assert new
+    assert all(
         name.rsplit(".", 2)[-2:][-1] in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
         or name.endswith("diff_norm.weight")
         for name in new
@@ -68,7 +73,7 @@ def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_cl
 def test_conversion_is_reproducible(tiny_clip, tmp_path):
     _, path = tiny_clip
     for name in ("a", "b"):
-        assert main(["--model", str(path), "--output_dir", str(tmp_path / name)]) == 0
+        assert run_script(CONVERTER, ["--model", str(path), "--output_dir", str(tmp_path / name)]) == 0
     a, b = (DiffCLIPModel.from_pretrained(tmp_path / name).state_dict() for name in ("a", "b"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
@@ -76,7 +81,9 @@ def test_conversion_is_reproducible(tiny_clip, tmp_path):
 
 def test_clip_variant_is_the_same_network_and_processor(tiny_clip, tmp_path):
     clip, path = tiny_clip
-    assert main(["--model", str(path), "--output_dir", str(tmp_path / "out"), "--variant", "clip"]) == 0
+    assert (
+        run_script(CONVERTER, ["--model", str(path), "--output_dir", str(tmp_path / "out"), "--variant", "clip"]) == 0
+    )
     model = AutoModel.from_pretrained(tmp_path / "out").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert type(processor) is DiffCLIPProcessor
@@ -86,7 +93,9 @@ def test_clip_variant_is_the_same_network_and_processor(tiny_clip, tmp_path):
     assert torch.equal(batch["input_ids"], inputs(clip_processor)["input_ids"])
     with torch.no_grad():
         # another model object on the same weights: equal up to kernel rounding (fp32 logits of magnitude ~10)
-        torch.testing.assert_close(model(**batch).logits_per_image, clip(**batch).logits_per_image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(**batch).logits_per_image, clip(**batch).logits_per_image, atol=1e-5, rtol=1e-5
+        )
     assert "clip initialised from" in (tmp_path / "out" / "README.md").read_text()
 
 
@@ -101,7 +110,8 @@ def test_bad_sources_get_clear_errors(tmp_path, capsys):
     for source, message in cases.items():
         output = tmp_path / f"out-{source.name}"
         capsys.readouterr()
-        assert main(["--model", str(source), "--output_dir", str(output)]) == 1
+        assert run_script(CONVERTER, ["--model", str(source), "--output_dir", str(output)]) == 1
         last_line = capsys.readouterr().err.strip().split("\n")[-1].split("\r")[-1]
-        assert message in last_line and last_line.startswith("error: ")
+        assert message in last_line
+        assert last_line.startswith("error: ")
         assert not output.exists()

@@ -5,18 +5,24 @@ import pathlib
 
 import pytest
 import torch
-from convert_official_diffclip import (
-    infer_config,
-    main,
-    reference_image_embeddings,
-    reference_text_embeddings,
-)
+from conftest import load_script, run_script
 from official_layout import random_official_state_dict, save_official_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, pipeline
 
+from diffclip_lab.conversion import infer_config
+from diffclip_lab.official import (
+    image_embeddings,
+    official_key_map,
+    text_embeddings,
+    to_diffclip_state_dict,
+    to_official_state_dict,
+)
 from modeling_diffclip import DiffCLIPModel
+
+
+CONVERTER = load_script("convert/convert_official_diffclip.py")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +30,9 @@ def converted_official(tmp_path_factory, official_tiny):
     """The tiny official fixture, converted once through the command line."""
     fixture = official_tiny
     output = tmp_path_factory.mktemp("converted") / "diffclip-tiny"
-    assert main(["--checkpoint", str(fixture / "checkpoint_best.pt"), "--output_dir", str(output)]) == 0
+    assert (
+        run_script(CONVERTER, ["--checkpoint", str(fixture / "checkpoint_best.pt"), "--output_dir", str(output)]) == 0
+    )
     return fixture, output
 
 
@@ -80,7 +88,8 @@ def test_output_folder_is_complete(converted_official):
         "- diffclip",
     ):
         assert line in metadata
-    assert "2503.06626" in card and "official-diffclip-tiny" in card
+    assert "2503.06626" in card
+    assert "official-diffclip-tiny" in card
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
     classify = pipeline("zero-shot-image-classification", model=str(output))
     scores = classify(Image.new("RGB", (80, 64), "green"), candidate_labels=["a", "b"])
@@ -94,10 +103,10 @@ def test_reference_implementation_reproduces_the_official_outputs(official_tiny)
     reference = load_file(official_tiny / "reference.safetensors")
     config = infer_config(sd)
     torch.testing.assert_close(
-        reference_image_embeddings(sd, config, reference["pixel_values"]), reference["image_embed"], atol=1e-5, rtol=0
+        image_embeddings(sd, config, reference["pixel_values"]), reference["image_embed"], atol=1e-5, rtol=0
     )
     torch.testing.assert_close(
-        reference_text_embeddings(sd, config, reference["input_ids"]), reference["text_embed"], atol=1e-5, rtol=0
+        text_embeddings(sd, config, reference["input_ids"]), reference["text_embed"], atol=1e-5, rtol=0
     )
 
 
@@ -110,10 +119,10 @@ def test_full_size_layout_is_read_as_vit_b16(official_tiny):
     assert (vision.image_size, vision.patch_size, vision.intermediate_size) == (224, 16, 3072)
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (512, 12, 8)
     assert (text.max_position_embeddings, text.vocab_size, config.projection_dim) == (77, 49408, 512)
-    assert vision.use_differential_attention and text.use_differential_attention
-    assert vision.patch_embedding_bias and not vision.pre_layernorm
-    from convert_official_diffclip import official_key_map
-
+    assert vision.use_differential_attention
+    assert text.use_differential_attention
+    assert vision.patch_embedding_bias
+    assert not vision.pre_layernorm
     assert official_key_map(config).keys() == sd.keys()  # every released tensor is mapped, none is invented
 
 
@@ -134,8 +143,15 @@ def test_other_sizes_and_layouts_convert(layout, tmp_path):
         "clip-baseline": ["--vision_heads", "6", "--text_heads", "4"],
     }
     assert (
-        main(
-            ["--checkpoint", str(tmp_path / "checkpoint_best.pt"), "--output_dir", str(output), *heads.get(layout, [])]
+        run_script(
+            CONVERTER,
+            [
+                "--checkpoint",
+                str(tmp_path / "checkpoint_best.pt"),
+                "--output_dir",
+                str(output),
+                *heads.get(layout, []),
+            ],
         )
         == 0
     )
@@ -151,12 +167,26 @@ def test_other_sizes_and_layouts_convert(layout, tmp_path):
     with torch.no_grad():
         image = model.get_image_features(pixel_values=pixel_values).pooler_output
         text = model.get_text_features(input_ids=input_ids).pooler_output
-    torch.testing.assert_close(image, reference_image_embeddings(sd, config, pixel_values), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(text, reference_text_embeddings(sd, config, input_ids), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(image, image_embeddings(sd, config, pixel_values), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(text, text_embeddings(sd, config, input_ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_layout_mapping_goes_both_ways(layout):
+    """The benchmarks and tests build the reference from a DiffCLIP model through the inverse mapping."""
+    sd = random_official_state_dict(**LAYOUTS[layout])
+    heads = {"vision_heads": 6, "text_heads": 4}
+    config = infer_config(
+        sd, **{k: v for k, v in heads.items() if not LAYOUTS[layout].get(k.split("_")[0] + "_differential", True)}
+    )
+    back = to_official_state_dict(to_diffclip_state_dict(sd, config), config)
+    assert back.keys() == sd.keys()
+    for key, tensor in sd.items():
+        torch.testing.assert_close(back[key], tensor, atol=0, rtol=0, msg=key)  # the same numbers, moved
 
 
 def run_converter(capsys, *args) -> tuple[int, str]:
-    code = main([str(arg) for arg in args])
+    code = run_script(CONVERTER, args)
     return code, capsys.readouterr().err.strip()
 
 
@@ -178,7 +208,9 @@ def test_bad_checkpoints_get_one_clear_line_and_no_output(official_tiny, tmp_pat
         output = tmp_path / f"out-{path.stem}"
         code, err = run_converter(capsys, "--checkpoint", path, "--output_dir", output)
         assert code == 1
-        assert message in err and err.startswith("error: ") and "\n" not in err
+        assert message in err
+        assert err.startswith("error: ")
+        assert "\n" not in err
         assert not output.exists()
 
 
@@ -197,7 +229,9 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path, capsys):
 def test_head_count_of_a_plain_tower_must_be_given(tmp_path, capsys):
     save_official_checkpoint(random_official_state_dict(text_differential=False), tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out")
-    assert code == 1 and "--text_heads" in err and "width 32" in err
+    assert code == 1
+    assert "--text_heads" in err
+    assert "width 32" in err
     code, err = run_converter(
         capsys,
         "--checkpoint",
@@ -209,7 +243,8 @@ def test_head_count_of_a_plain_tower_must_be_given(tmp_path, capsys):
         "--vision_heads",
         "3",
     )
-    assert code == 1 and "--vision_heads 3 contradicts the λ vectors (6 heads)" in err
+    assert code == 1
+    assert "--vision_heads 3 contradicts the λ vectors (6 heads)" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -217,12 +252,15 @@ def test_arbitrary_pickles_are_refused_unless_trusted(tmp_path, capsys):
     sd = random_official_state_dict(vision_layers=1, text_layers=1)
     torch.save({"state_dict": sd, "args": pathlib.PurePosixPath("/not/allowed")}, tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out")
-    assert code == 1 and "PurePosixPath" in err and "--trust_checkpoint" in err
+    assert code == 1
+    assert "PurePosixPath" in err
+    assert "--trust_checkpoint" in err
     assert not (tmp_path / "out").exists()
     code, _ = run_converter(
         capsys, "--checkpoint", tmp_path / "ckpt.pt", "--output_dir", tmp_path / "out", "--trust_checkpoint"
     )
-    assert code == 0 and (tmp_path / "out" / "model.safetensors").is_file()
+    assert code == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_existing_output_is_kept_unless_overwrite(official_tiny, tmp_path, capsys):
@@ -231,11 +269,13 @@ def test_existing_output_is_kept_unless_overwrite(official_tiny, tmp_path, capsy
     (output / "precious.txt").write_text("keep me")
     checkpoint = official_tiny / "checkpoint_best.pt"
     code, err = run_converter(capsys, "--checkpoint", checkpoint, "--output_dir", output)
-    assert code == 1 and "--overwrite" in err
+    assert code == 1
+    assert "--overwrite" in err
     assert (output / "precious.txt").read_text() == "keep me"
     code, _ = run_converter(capsys, "--checkpoint", checkpoint, "--output_dir", output, "--overwrite")
     assert code == 0
-    assert not (output / "precious.txt").exists() and (output / "model.safetensors").is_file()
+    assert not (output / "precious.txt").exists()
+    assert (output / "model.safetensors").is_file()
 
 
 def test_a_failure_while_writing_leaves_no_folder(official_tiny, tmp_path, monkeypatch):
@@ -246,5 +286,7 @@ def test_a_failure_while_writing_leaves_no_folder(official_tiny, tmp_path, monke
 
     monkeypatch.setattr(DiffCLIPProcessor, "save_pretrained", crash)
     with pytest.raises(OSError, match="disk full"):
-        main(["--checkpoint", str(official_tiny / "checkpoint_best.pt"), "--output_dir", str(tmp_path / "out")])
+        CONVERTER.main(
+            ["--checkpoint", str(official_tiny / "checkpoint_best.pt"), "--output_dir", str(tmp_path / "out")]
+        )
     assert list(tmp_path.iterdir()) == []  # neither the output nor the staging folder

@@ -2,12 +2,10 @@
 
 import json
 
-import compare
-import evaluate
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config_kwargs
+from conftest import load_script, tiny_config_kwargs
 from eval_fixtures import (
     CLASSNAMES,
     MMVP_CATEGORIES,
@@ -18,10 +16,16 @@ from eval_fixtures import (
     write_hf_classification,
     write_mmvp,
 )
-from image_text_data import DataError
 from PIL import Image
 
+from diffclip_lab.cli import UserError
+from diffclip_lab.eval_data import load_split
+from diffclip_lab.reports import distinct_names
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
+
+
+evaluate = load_script("examples/evaluate.py")
+compare = load_script("examples/compare.py")
 
 
 RECORD_KEYS = {
@@ -75,7 +79,8 @@ def run(models, task, dataset, tmp_path, *extra):
     )
     assert json.loads(output.read_text()) == records
     for record in records:
-        assert set(record) == RECORD_KEYS and record["task"] == task
+        assert set(record) == RECORD_KEYS
+        assert record["task"] == task
         assert record["main_metric"] in record["metrics"]
     return records
 
@@ -100,7 +105,7 @@ def test_zeroshot_on_clip_benchmark_layout_is_the_models(models, data, tmp_path,
     table = capsys.readouterr().out
     assert "| model | acc1 | acc5 | mean_per_class_recall |" in table
     # recompute DiffCLIP's top-1 by hand from the same images and prompts
-    split = evaluate.load_split(str(data["classification"]), "test")
+    split = load_split(str(data["classification"]), "test")
     images, texts = diffclip_features(
         models[0], list(split.images), [t.replace("{c}", c) for c in CLASSNAMES for t in TEMPLATES]
     )
@@ -112,7 +117,8 @@ def test_zeroshot_on_clip_benchmark_layout_is_the_models(models, data, tmp_path,
 
 def test_zeroshot_on_a_datasets_folder(models, data, tmp_path):
     records = run(models[:1], "zeroshot", data["hf"], tmp_path)
-    assert records[0]["counts"]["classes"] == 3 and records[0]["counts"]["templates"] == 1
+    assert records[0]["counts"]["classes"] == 3
+    assert records[0]["counts"]["templates"] == 1
 
 
 def test_retrieval(models, data, tmp_path):
@@ -127,11 +133,14 @@ def test_retrieval(models, data, tmp_path):
 def test_linear_probe_and_few_shot(models, data, tmp_path):
     probe = run(models, "linear_probe", data["classification"], tmp_path, "--max_iter", 30)
     assert probe[0]["counts"]["validation_split"] == "20% of train"
-    assert probe[0]["counts"]["train"] + probe[0]["counts"]["validation"] == 24 and probe[0]["counts"]["test"] == 12
-    assert probe[0]["metrics"]["costs_tried"] > 7 and 0 <= probe[0]["metrics"]["acc1"] <= 1
+    assert probe[0]["counts"]["train"] + probe[0]["counts"]["validation"] == 24
+    assert probe[0]["counts"]["test"] == 12
+    assert probe[0]["metrics"]["costs_tried"] > 7
+    assert 0 <= probe[0]["metrics"]["acc1"] <= 1
     episodes = ["--episodes", 30, "--ways", 3, "--shots", 2, "--queries", 2]
     shots = run(models, "few_shot", data["classification"], tmp_path, *episodes)
-    assert shots[0]["counts"]["ways"] == 3 and shots[0]["metrics"]["episodes"] == 30
+    assert shots[0]["counts"]["ways"] == 3
+    assert shots[0]["metrics"]["episodes"] == 30
     again = run(models[:1], "few_shot", data["classification"], tmp_path, *episodes)
     assert again[0]["metrics"] == shots[0]["metrics"]  # same seed, same episodes, same cached features
 
@@ -166,22 +175,22 @@ def test_features_are_cached(models, data, tmp_path):
 
 
 def test_bad_input_gets_a_clear_message(models, data, tmp_path):
-    with pytest.raises(DataError, match="has no class labels"):
+    with pytest.raises(UserError, match="has no class labels"):
         run(models[:1], "zeroshot", data["retrieval"], tmp_path)
-    with pytest.raises(DataError, match="no split 'validation'"):
+    with pytest.raises(UserError, match="no split 'validation'"):
         run(models[:1], "zeroshot", data["classification"], tmp_path, "--split", "validation")
     empty = data["classification"].parent / "wds_empty"
     (empty / "test").mkdir(parents=True)
     (empty / "test" / "nshards.txt").write_text("0\n")
     (empty / "classnames.txt").write_text("a\n")
-    with pytest.raises(DataError, match="holds no samples"):
+    with pytest.raises(UserError, match="holds no samples"):
         run(models[:1], "zeroshot", empty, tmp_path)
     vision_only = tmp_path / "vision-only"
     DiffCLIPVisionModel(DiffCLIPConfig(**tiny_config_kwargs()).vision_config).save_pretrained(vision_only)
     DiffCLIPProcessor.from_defaults(image_size=32).save_pretrained(vision_only)
-    with pytest.raises(evaluate.EvalError, match="is not a dual encoder"):
+    with pytest.raises(UserError, match="is not a dual encoder"):
         run([str(vision_only)], "zeroshot", data["classification"], tmp_path)
-    with pytest.raises(DataError, match="MMVP-VLM layout"):
+    with pytest.raises(UserError, match="MMVP-VLM layout"):
         run(models[:1], "mmvp", data["classification"], tmp_path)
 
 
@@ -202,14 +211,15 @@ def test_compare_prints_differences_and_draws_the_figures(models, data, tmp_path
     for name in ("zeroshot_bars.png", "mmvp_radar.png"):
         with Image.open(plots / name) as figure:
             figure.verify()
-            assert figure.format == "PNG" and figure.size[0] > 300
-    with pytest.raises(compare.CompareError, match="not among the models"):
+            assert figure.format == "PNG"
+            assert figure.size[0] > 300
+    with pytest.raises(UserError, match="not among the models"):
         compare.main([str(tmp_path / "zeroshot.json"), "--baseline", "nope", "--plot_dir", str(plots)])
 
 
 def test_models_are_named_by_their_shortest_distinct_path():
-    assert compare.distinct_names(["runs/clip/model", "runs/diffclip/model"]) == {
+    assert distinct_names(["runs/clip/model", "runs/diffclip/model"]) == {
         "runs/clip/model": "clip/model",
         "runs/diffclip/model": "diffclip/model",
     }
-    assert compare.distinct_names(["org/a", "org/b"]) == {"org/a": "a", "org/b": "b"}
+    assert distinct_names(["org/a", "org/b"]) == {"org/a": "a", "org/b": "b"}

@@ -45,13 +45,18 @@ def test_upload_folder_list_and_download_give_back_the_same_bytes(hub, tmp_path)
         }))
         """,
     )
-    assert out["user"] == "test-user" and out["urls"] == ["test-user/files"] * 2
+    assert out["user"] == "test-user"
+    assert out["urls"] == ["test-user/files"] * 2
     assert out["files"] == ["a.txt", "c.txt", "sub/b.json", "sub/big.bin"]
     assert out["sizes"] == {"a.txt": 5, "c.txt": 4, "sub/b.json": 8, "sub/big.bin": 10_500_000}
-    assert out["same"] == {"a.txt": True, "sub/b.json": True, "sub/big.bin": True} and out["late"] == "late"
-    assert out["private"] is True and out["exists"] == [True, False, False]  # private: hidden without a token
+    assert out["same"] == {"a.txt": True, "sub/b.json": True, "sub/big.bin": True}
+    assert out["late"] == "late"
+    assert out["private"] is True
+    assert out["exists"] == [True, False, False]
     commits = [c["id"] for c in hub.store.repos["models/test-user/files"]["commits"]]
-    assert len(commits) == 3 and out["folder_commit"] == commits[1] and out["sha"] == commits[2]
+    assert len(commits) == 3
+    assert out["folder_commit"] == commits[1]
+    assert out["sha"] == commits[2]
 
 
 def test_snapshot_download_follows_main_and_keeps_older_commits(hub, tmp_path):

@@ -1,4 +1,4 @@
-"""examples/image_text_data.py: every documented dataset layout, decoding failures, and the image transform."""
+"""diffclip_lab/data.py: every documented dataset layout, decoding failures, and the image transform."""
 
 import io
 import json
@@ -8,9 +8,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from image_text_data import (
+from PIL import Image
+
+from diffclip_lab.cli import UserError
+from diffclip_lab.data import (
     Collator,
-    DataError,
     ExampleEncoder,
     ImageTransform,
     MapStyleImageText,
@@ -20,8 +22,6 @@ from image_text_data import (
     resolve_columns,
     without_image_decoding,
 )
-from PIL import Image
-
 from modeling_diffclip import DiffCLIPProcessor, clip_tokenizer
 
 
@@ -47,11 +47,12 @@ def layouts(tmp_path):
     table.save_to_disk(str(tmp_path / "saved"))
     folder = tmp_path / "imagefolder"
     folder.mkdir()
-    for name, image in zip(COLORS, images):
+    for name, image in zip(COLORS, images, strict=True):
         (folder / f"{name}.png").write_bytes(image)
     (folder / "metadata.jsonl").write_text(
         "".join(
-            json.dumps({"file_name": f"{name}.png", "text": caption}) + "\n" for name, caption in zip(COLORS, CAPTIONS)
+            json.dumps({"file_name": f"{name}.png", "text": caption}) + "\n"
+            for name, caption in zip(COLORS, CAPTIONS, strict=True)
         )
     )
     return {"parquet": tmp_path / "parquet", "save_to_disk": tmp_path / "saved", "imagefolder": folder}
@@ -71,10 +72,10 @@ def test_documented_layouts_load(tmp_path, layout, streaming):
 
 
 def test_unknown_dataset_and_missing_columns(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         load_image_text_dataset(str(tmp_path / "absent"))
     dataset = datasets.Dataset.from_dict({"picture": [b""], "label": [1]})
-    with pytest.raises(DataError, match=r"no image column.*\['picture', 'label'\].*--image_column"):
+    with pytest.raises(UserError, match=r"no image column.*\['picture', 'label'\].*--image_column"):
         resolve_columns(dataset, None, None)
     assert resolve_columns(dataset, "picture", "label") == ("picture", "label")
 
@@ -91,10 +92,12 @@ def test_broken_samples_are_skipped_and_counted():
     dataset = MapStyleImageText(datasets.Dataset.from_list(rows), encoder)
     batch = Collator(clip_tokenizer(8), 8, 16)([dataset[i] for i in range(len(dataset))])
     assert batch["num_skipped"].item() == 2
-    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["input_ids"].shape == (2, 8)
+    assert batch["pixel_values"].shape == (2, 3, 16, 16)
+    assert batch["input_ids"].shape == (2, 8)
     assert caption_text(["the first of several captions", "second"]) == "the first of several captions"
     empty = Collator(clip_tokenizer(8), 8, 16)([None, None])
-    assert empty["num_skipped"].item() == 2 and empty["pixel_values"].shape == (0, 3, 16, 16)
+    assert empty["num_skipped"].item() == 2
+    assert empty["pixel_values"].shape == (0, 3, 16, 16)
 
 
 def test_centre_transform_is_the_image_processor():

@@ -23,25 +23,11 @@ from modeling_diffclip import (
     DiffCLIPVisionModel,
     DiffCLIPVisionModelWithProjection,
 )
-
-
-VARIANTS = {
-    "clip": (False, False, "constant"),
-    "diffclip": (True, True, "constant"),
-    "diffclip-vision": (False, True, "constant"),
-    "diffclip-dynamic": (True, True, "dynamic"),
-}
+from modeling_diffclip.configuration_diffclip import VARIANTS
 
 
 def variant_config(variant: str, **kwargs) -> DiffCLIPConfig:
-    text_diff, vision_diff, schedule = VARIANTS[variant]
-    return DiffCLIPConfig(
-        **tiny_config_kwargs(
-            text=dict(use_differential_attention=text_diff, lambda_schedule=schedule),
-            vision=dict(use_differential_attention=vision_diff, lambda_schedule=schedule),
-            **kwargs,
-        )
-    )
+    return DiffCLIPConfig.for_variant(variant, **tiny_config_kwargs(**kwargs))
 
 
 def comparable(config) -> dict:
@@ -98,7 +84,8 @@ def test_without_differential_attention_it_is_clip():
     clip = CLIPModel(CLIPConfig(**clip_kwargs)).eval()
     model = DiffCLIPModel(DiffCLIPConfig(**kwargs)).eval()
     result = model.load_state_dict(clip.state_dict(), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    assert not result.missing_keys
+    assert not result.unexpected_keys
     inputs = batch()
     with torch.no_grad():
         expected, actual = clip(**inputs), model(**inputs)
@@ -136,7 +123,7 @@ def test_output_attentions_returns_differential_maps():
     vision_maps = out.vision_model_output.attentions
     text_maps = out.text_model_output.attentions
     assert len(vision_maps) == len(text_maps) == 2
-    for layer, maps in zip(model.vision_model.encoder.layers, vision_maps):
+    for layer, maps in zip(model.vision_model.encoder.layers, vision_maps, strict=True):
         assert maps.shape == (2, 2, 17, 17)  # 4 heads pair into 2 differential heads; 16 patches + class token
         lam = layer.self_attn.lambda_full().item()
         torch.testing.assert_close(maps.sum(-1), torch.full_like(maps.sum(-1), 1 - lam), atol=1e-5, rtol=0)
@@ -156,7 +143,7 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
     assert not list(tmp_path.glob("*.bin"))
     loaded = DiffCLIPModel.from_pretrained(tmp_path).eval()
     assert comparable(loaded.config) == comparable(model.config)
-    for (name, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=name)
     assert loaded.vision_model.encoder.layers[1].self_attn.lambda_init == pytest.approx(0.8 - 0.6 * 0.7408182206817179)
     # the same weights in other tensors: kernels may round differently with another memory layout (fp32, 2 layers)
@@ -258,7 +245,9 @@ CLIP_PARENTS = [
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("diffclip_class, clip_class, tower", CLIP_PARENTS, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    ("diffclip_class", "clip_class", "tower"), CLIP_PARENTS, ids=lambda c: getattr(c, "__name__", "")
+)
 def test_every_module_has_what_its_clip_parents_constructor_sets(variant, diffclip_class, clip_class, tower):
     """
     Built from the same config, the DiffCLIP model has every module of the CLIP model at the same path, and every
@@ -282,7 +271,8 @@ def test_every_module_has_what_its_clip_parents_constructor_sets(variant, diffcl
         assert not missing, f"{path or type(ours).__name__} lacks {sorted(missing)}"
     # and the construction initialised everything it kept from CLIP's constructor
     for name, tensor in ours.state_dict().items():
-        assert torch.isfinite(tensor).all() and tensor.abs().max() < 100, name
+        assert torch.isfinite(tensor).all(), name
+        assert tensor.abs().max() < 100, name
 
 
 @pytest.mark.parametrize("tower", ["text", "vision"])
@@ -311,4 +301,5 @@ def test_softmax_maps_are_the_two_maps_each_differential_head_combines(tower):
             combined = a1 - layer.self_attn.lambda_full() * a2
             torch.testing.assert_close(combined, out.attentions[index], atol=1e-6, rtol=1e-5)
             if tower == "text":  # causal, and padding (the second caption's last 3 tokens) is never attended to
-                assert a1[:, :, 0, 1:].abs().max() == 0 and a2[1, :, :, 4:].abs().max() == 0
+                assert a1[:, :, 0, 1:].abs().max() == 0
+                assert a2[1, :, :, 4:].abs().max() == 0

@@ -11,9 +11,13 @@ from modeling_diffclip import DiffCLIPProcessor, clip_bpe_vocabulary, clip_token
 
 def test_vocabulary_is_clip_s():
     vocab, merges = clip_bpe_vocabulary()
-    assert len(vocab) == 49408 and len(merges) == 48894
-    assert vocab["!"] == 0 and vocab["a</w>"] == 320 and vocab["photo</w>"] == 1125
-    assert vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
+    assert len(vocab) == 49408
+    assert len(merges) == 48894
+    assert vocab["!"] == 0
+    assert vocab["a</w>"] == 320
+    assert vocab["photo</w>"] == 1125
+    assert vocab["<|startoftext|>"] == 49406
+    assert vocab["<|endoftext|>"] == 49407
     assert merges[0] == ("i", "n")
     assert sorted(vocab.values()) == list(range(49408))
 
@@ -22,7 +26,7 @@ def test_token_ids_equal_the_official_tokenizer(official_tiny):
     reference = json.loads((official_tiny / "reference.json").read_text())
     tokenizer = clip_tokenizer()
     ids = tokenizer(reference["captions"], padding="max_length", max_length=77, truncation=True)["input_ids"]
-    for caption, actual, expected in zip(reference["captions"], ids, reference["official_token_ids"]):
+    for caption, actual, expected in zip(reference["captions"], ids, reference["official_token_ids"], strict=True):
         assert actual == expected, caption
 
 
@@ -41,7 +45,9 @@ def test_saved_processor_keeps_the_ids(tmp_path):
 
 def test_long_captions_are_truncated_to_the_context_ending_with_end_of_text():
     ids = clip_tokenizer()(["word " * 200], truncation=True)["input_ids"][0]
-    assert len(ids) == 77 and ids[0] == 49406 and ids[-1] == 49407
+    assert len(ids) == 77
+    assert ids[0] == 49406
+    assert ids[-1] == 49407
 
 
 def test_images_are_resized_cropped_and_normalised_as_released():
@@ -54,7 +60,8 @@ def test_images_are_resized_cropped_and_normalised_as_released():
     np.testing.assert_allclose(pixel_values[0].mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
     inputs = processor(text=["a", "b c"], images=[image, image], padding=True, return_tensors="pt")
     assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
-    assert inputs["input_ids"].shape == (2, 4) and inputs["pixel_values"].shape == (2, 3, 64, 64)
+    assert inputs["input_ids"].shape == (2, 4)
+    assert inputs["pixel_values"].shape == (2, 3, 64, 64)
 
 
 def test_saving_has_no_side_effects_and_round_trips(tmp_path):
@@ -63,7 +70,8 @@ def test_saving_has_no_side_effects_and_round_trips(tmp_path):
     before = processor.to_dict()
     processor.save_pretrained(tmp_path / "first")
     assert processor.to_dict() == before
-    assert "auto_map" not in vars(processor) and "auto_map" not in vars(processor.image_processor)
+    assert "auto_map" not in vars(processor)
+    assert "auto_map" not in vars(processor.image_processor)
     saved = json.loads((tmp_path / "first" / "processor_config.json").read_text())
     assert saved["auto_map"] == {"AutoProcessor": "processing_diffclip.DiffCLIPProcessor"}
     assert "auto_map" not in saved["image_processor"]

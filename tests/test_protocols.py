@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from protocols import (
+
+from diffclip_lab.protocols import (
     classification_metrics,
     few_shot,
     few_shot_episodes,
@@ -72,12 +73,14 @@ def test_few_shot_episodes_are_deterministic_and_well_formed():
     first = list(few_shot_episodes(train_labels, test_labels, episodes=20, seed=1))
     again = list(few_shot_episodes(train_labels, test_labels, episodes=20, seed=1))
     other = list(few_shot_episodes(train_labels, test_labels, episodes=20, seed=2))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
-    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, other))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
     support, query = first[0]
-    assert len(support) == 25 and len(set(support.tolist())) == 25
+    assert len(support) == 25
+    assert len(set(support.tolist())) == 25
     support_classes = train_labels[support].view(5, 5)
-    assert (support_classes == support_classes[:, :1]).all() and len(support_classes[:, 0].unique()) == 5
+    assert (support_classes == support_classes[:, :1]).all()
+    assert len(support_classes[:, 0].unique()) == 5
     assert len(query) == 15  # 3 test images per class, fewer than the 6 queries: all of them
     assert set(test_labels[query].tolist()) == set(support_classes[:, 0].tolist())
 
@@ -87,7 +90,9 @@ def test_few_shot_accuracy_and_interval():
     labels = torch.arange(6).repeat_interleave(10)
     features = torch.nn.functional.one_hot(labels, 6).float() * 5 + torch.randn(60, 6) * 0.1
     result = few_shot((features, labels), (features, labels), episodes=50, ways=5, shots=5, queries=3)
-    assert result["acc1"] == 1.0 and result["acc1_ci95"] == 0.0 and result["episodes"] == 50
+    assert result["acc1"] == 1.0
+    assert result["acc1_ci95"] == 0.0
+    assert result["episodes"] == 50
     # random features: chance (1/5) on average, and the interval is 1.96·std/√n
     generator = torch.Generator().manual_seed(0)
     train_noise, test_noise = torch.randn(60, 6, generator=generator), torch.randn(60, 6, generator=generator)
@@ -114,7 +119,8 @@ def test_linear_probe_sweeps_costs_and_refits():
     labels = torch.arange(3).repeat(30)
     features = centres[labels] + torch.randn(90, 8)
     train_idx, val_idx = split_train_validation(labels[:60].tolist())
-    assert len(val_idx) == 12 and len(train_idx) == 48  # 20% of each of the 3 classes of 20
+    assert len(val_idx) == 12
+    assert len(train_idx) == 48
     assert split_train_validation(labels[:60].tolist()) == (train_idx, val_idx)
     tried = []
     result = linear_probe(
@@ -125,8 +131,10 @@ def test_linear_probe_sweeps_costs_and_refits():
         on_fit=lambda cost, score: tried.append(cost),
     )
     assert tried[:7] == [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6]  # the coarse sweep, then the fine search
-    assert len(tried) > 7 and result["costs_tried"] == len(tried)
-    assert result["acc1"] > 0.9 and result["cost"] in tried
+    assert len(tried) > 7
+    assert result["costs_tried"] == len(tried)
+    assert result["acc1"] > 0.9
+    assert result["cost"] in tried
 
 
 def test_mmvp_pair_scoring():

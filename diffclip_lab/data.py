@@ -22,13 +22,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .cli import UserError
+
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
 CAPTION_COLUMNS = ("caption", "text", "txt", "sentence", "sentences")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as asked; the message says what is wrong and what to do."""
 
 
 def load_image_text_dataset(
@@ -46,12 +44,12 @@ def load_image_text_dataset(
             return datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming)
         return datasets.load_dataset(name_or_path, split=split, streaming=streaming)
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise DataError(
+        raise UserError(
             f"dataset {name_or_path!r} not found: give a Hub dataset id, a folder written by save_to_disk, a folder "
             f"of webdataset .tar shards, or files datasets.load_dataset reads ({error})."
         ) from None
     except ValueError as error:  # e.g. an unknown split
-        raise DataError(f"dataset {name_or_path!r} cannot be read as asked: {error}") from None
+        raise UserError(f"dataset {name_or_path!r} cannot be read as asked: {error}") from None
 
 
 def find_column(dataset, given: str | None, candidates: tuple[str, ...], kind: str) -> str:
@@ -59,7 +57,7 @@ def find_column(dataset, given: str | None, candidates: tuple[str, ...], kind: s
     columns = list(dataset.column_names or dataset.features or [])
     column = given or next((c for c in candidates if c in columns), None)
     if column is None or column not in columns:
-        raise DataError(
+        raise UserError(
             f"the dataset has no {kind} column {given or ' / '.join(candidates)!r}; its columns are {columns}. "
             f"Name it with --{kind}_column."
         )

@@ -245,7 +245,7 @@ def mmvp_pair_correct(image_features: torch.Tensor, text_features: torch.Tensor)
 def mmvp_scores(categories: list[str], correct: list[bool]) -> dict[str, float]:
     """Per-category pair accuracy (%) over the visual patterns, and their average."""
     by_category = defaultdict(list)
-    for category, ok in zip(categories, correct):
+    for category, ok in zip(categories, correct, strict=True):
         by_category[category].append(ok)
     scores = {category: 100.0 * sum(oks) / len(oks) for category, oks in by_category.items()}
     scores["average"] = sum(scores.values()) / len(scores)

@@ -1,16 +1,13 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Writing model folders safely, describing them with a model card, and publishing them on the Hub."""
+"""Describing model folders with a model card, and publishing them on the Hub."""
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .configuration_diffclip import DiffCLIPConfig
+from modeling_diffclip import DiffCLIPConfig
+from modeling_diffclip.configuration_diffclip import PAPER_NAMES
 
 
 PAPER_CITATION = """@misc{hammoud2025diffclip,
@@ -22,75 +19,6 @@ PAPER_CITATION = """@misc{hammoud2025diffclip,
   primaryClass={cs.CV},
   url={https://arxiv.org/abs/2503.06626}
 }"""
-
-
-class OutputDirectoryError(ValueError):
-    """The output directory cannot be written as asked (it holds something and overwriting was not allowed)."""
-
-
-def check_output_directory(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse, with [`OutputDirectoryError`], a `path` that is a file, or a non-empty directory without `overwrite`."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputDirectoryError(f"{path} exists and is not a directory; choose another output directory.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputDirectoryError(
-            f"{path} exists and is not empty; choose another output directory or pass --overwrite to replace it."
-        )
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """
-    Yield an empty temporary directory beside `path` to fill. When the block succeeds it takes `path`'s place with a
-    rename, so readers never see a half-written folder; when it fails it is deleted and `path` is left as it was.
-
-    A non-empty `path` is refused with [`OutputDirectoryError`] unless `overwrite=True`.
-    """
-    path = Path(path)
-    check_output_directory(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the folder's mode
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if path.exists():
-        previous = path.with_name(f".{path.name}.old-{os.getpid()}")
-        path.rename(previous)
-    staging.rename(path)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename, so `path` is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
-def variant_name(config: DiffCLIPConfig) -> str:
-    """The paper's name for a config: CLIP, DiffCLIP, DiffCLIP† (vision only) or DiffCLIP* (dynamic λ_init)."""
-    text, vision = config.text_config, config.vision_config
-    if not (text.use_differential_attention or vision.use_differential_attention):
-        return "CLIP"
-    dynamic = "dynamic" in (text.lambda_schedule, vision.lambda_schedule)
-    if text.use_differential_attention:
-        return "DiffCLIP*" if dynamic else "DiffCLIP"
-    return "DiffCLIP† (vision only)" + (" with dynamic λ_init" if dynamic else "")
 
 
 def model_card(
@@ -118,9 +46,7 @@ def model_card(
         "",
         f"# {title}",
         "",
-        f"{variant_name(config)}: CLIP whose self-attention is differential attention "
-        "([Hammoud & Ghanem, 2025](https://arxiv.org/abs/2503.06626); "
-        "[Ye et al., 2024](https://arxiv.org/abs/2410.05258)), packaged for Hugging Face Transformers.",
+        _summary(config),
         "",
         "| | vision | text |",
         "| --- | --- | --- |",
@@ -167,6 +93,27 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def describe_variant(config: DiffCLIPConfig) -> str:
+    """The paper's name for a config (CLIP, DiffCLIP, DiffCLIP† (vision only), DiffCLIP*), or its towers' attention."""
+    if config.variant is not None:
+        return PAPER_NAMES[config.variant] + (" (vision only)" if config.variant == "diffclip-vision" else "")
+    towers = [name for name in ("text", "vision") if getattr(config, f"{name}_config").use_differential_attention]
+    return f"DiffCLIP (differential attention in the {' and '.join(towers)} tower{'s' * (len(towers) - 1)})"
+
+
+def _summary(config: DiffCLIPConfig) -> str:
+    papers = "[Hammoud & Ghanem, 2025](https://arxiv.org/abs/2503.06626)"
+    if config.variant == "clip":
+        return (
+            f"CLIP with softmax attention in both towers: the baseline of DiffCLIP ({papers}), packaged with "
+            "DiffCLIP's code for Hugging Face Transformers so that both are compared the same way."
+        )
+    return (
+        f"{describe_variant(config)}: CLIP whose self-attention is differential attention ({papers}; "
+        "[Ye et al., 2024](https://arxiv.org/abs/2410.05258)), packaged for Hugging Face Transformers."
+    )
 
 
 def _attention_summary(tower_config) -> str:

@@ -31,6 +31,9 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .files import atomic_write_text
+from .tables import markdown_table
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODES = ("forward", "train")  # inference forward; forward + loss + backward
@@ -112,7 +115,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
     """`spread` of the per-round ratios of two candidates' times."""
-    return spread([a / b for a, b in zip(numerator, denominator)])
+    return spread([a / b for a, b in zip(numerator, denominator, strict=True)])
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -181,15 +184,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(value):
-        if isinstance(value, float):
-            return "–" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
+def cell(value) -> str:
+    """A benchmark table's cell: 3 significant digits, whole numbers from 100 on, NaN as a dash."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
 
 
 def mebibytes(nbytes: int | None) -> float:
@@ -198,8 +197,7 @@ def mebibytes(nbytes: int | None) -> float:
 
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def new_payload(script: str, args) -> dict:
@@ -278,9 +276,9 @@ def run_shape(
     payload["results"] += results
     payload["ratios"] += ratios
     print(f"\n### {title}\n")
-    print(markdown_table(RESULT_HEADERS, [result_row(r) for r in results]))
+    print(markdown_table(RESULT_HEADERS, [result_row(r) for r in results], cell))
     print()
-    print(markdown_table(RATIO_HEADERS, [ratio_row(r) for r in ratios]), flush=True)
+    print(markdown_table(RATIO_HEADERS, [ratio_row(r) for r in ratios], cell), flush=True)
 
 
 RESULT_HEADERS = ["candidate", "mode", "median ms", "IQR ms", "min–max ms", "samples/s", "peak MiB", "max |Δ|"]

@@ -18,15 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from image_text_data import (
-    CAPTION_COLUMNS,
-    IMAGE_COLUMNS,
-    DataError,
-    decode_image,
-    find_column,
-    load_image_text_dataset,
-)
 from PIL import Image
+
+from .cli import UserError
+from .data import CAPTION_COLUMNS, IMAGE_COLUMNS, decode_image, find_column, load_image_text_dataset
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them
@@ -45,7 +40,7 @@ class LazyImages(Sequence):
     def __getitem__(self, index: int) -> Image.Image:
         image = decode_image(self.load(index))
         if image is None:
-            raise DataError(f"image {index} of {self.source} does not decode; evaluation data must be clean.")
+            raise UserError(f"image {index} of {self.source} does not decode; evaluation data must be clean.")
         return image
 
 
@@ -62,14 +57,14 @@ class EvalSplit:
 
     def require_labels(self) -> list[int]:
         if self.labels is None:
-            raise DataError(
+            raise UserError(
                 f"{self.name} has no class labels (a `cls` entry or a label column); this task needs them."
             )
         return self.labels
 
     def require_captions(self) -> list[list[str]]:
         if self.captions is None:
-            raise DataError(f"{self.name} has no captions (a `txt` entry or a caption column); retrieval needs them.")
+            raise UserError(f"{self.name} has no captions (a `txt` entry or a caption column); retrieval needs them.")
         return self.captions
 
 
@@ -105,7 +100,7 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
     split_dir = root / split
     nshards = _lines(split_dir / "nshards.txt")
     if nshards is None:
-        raise DataError(
+        raise UserError(
             f"{split_dir}/nshards.txt is missing: {name_or_path} has no split {split!r} in the CLIP "
             "Benchmark layout (<root>/<split>/nshards.txt and 0.tar ... N-1.tar)."
         )
@@ -117,11 +112,11 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
                     key, _, extension = member.name.rpartition("/")[2].partition(".")
                     samples.setdefault(f"{shard}/{key}", {})[extension.lower()] = tar.extractfile(member).read()
     if not samples:
-        raise DataError(f"{split_dir} holds no samples; the split is empty.")
+        raise UserError(f"{split_dir} holds no samples; the split is empty.")
     keys = sorted(samples)
     image_extension = {key: next((e for e in IMAGE_EXTENSIONS if e in samples[key]), None) for key in keys}
     if missing := [key for key in keys if image_extension[key] is None]:
-        raise DataError(
+        raise UserError(
             f"{len(missing)} samples of {split_dir} have no image ({'/'.join(IMAGE_EXTENSIONS)}), e.g. {missing[0]}."
         )
     images = LazyImages(len(keys), lambda i: samples[keys[i]][image_extension[keys[i]]], str(split_dir))
@@ -146,8 +141,15 @@ def load_hf_split(
 ) -> EvalSplit:
     """A split of any `datasets` image dataset with a label and/or caption column."""
     dataset = load_image_text_dataset(name_or_path, split=split)
+    return split_from_dataset(dataset, f"{name_or_path}:{split}", label_column, caption_column)
+
+
+def split_from_dataset(
+    dataset: datasets.Dataset, name: str, label_column: str | None = "label", caption_column: str | None = None
+) -> EvalSplit:
+    """A `datasets.Dataset` with an image column and a ClassLabel (or integer) label and/or caption column."""
     if len(dataset) == 0:
-        raise DataError(f"{name_or_path}:{split} is empty.")
+        raise UserError(f"{name} is empty.")
     image_column = find_column(dataset, None, IMAGE_COLUMNS, "image")
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -161,8 +163,8 @@ def load_hf_split(
     if caption_column in columns:
         captions = [[c] if isinstance(c, str) else list(c) for c in dataset[caption_column]]
     return EvalSplit(
-        name=f"{name_or_path}:{split}",
-        images=LazyImages(len(dataset), lambda i: dataset[i][image_column], f"{name_or_path}:{split}"),
+        name=name,
+        images=LazyImages(len(dataset), lambda i: dataset[i][image_column], name),
         labels=labels,
         captions=captions,
         classnames=classnames,
@@ -187,7 +189,7 @@ def load_split(
     if templates_file:
         data.templates = _lines(Path(templates_file))
     if data.templates and not all("{c}" in template for template in data.templates):
-        raise DataError("every zero-shot template needs a {c} placeholder for the class name.")
+        raise UserError("every zero-shot template needs a {c} placeholder for the class name.")
     return data
 
 
@@ -207,23 +209,23 @@ def load_mmvp(root: str) -> list[MMVPPair]:
         root_path = Path(snapshot_download(root, repo_type="dataset"))
     questions = root_path / "Questions.csv"
     if not questions.is_file():
-        raise DataError(f"{root} is not in the MMVP-VLM layout: it has no Questions.csv.")
+        raise UserError(f"{root} is not in the MMVP-VLM layout: it has no Questions.csv.")
     with questions.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"Question ID", "Type", "Statement"} <= set(rows[0]):
-        raise DataError(f"{questions} needs the columns 'Question ID', 'Type' and 'Statement'.")
+        raise UserError(f"{questions} needs the columns 'Question ID', 'Type' and 'Statement'.")
     if len(rows) % 2:
-        raise DataError(f"{questions} has an odd number of questions; MMVP questions come in pairs.")
+        raise UserError(f"{questions} has an odd number of questions; MMVP questions come in pairs.")
 
     pairs = []
-    for first, second in zip(rows[0::2], rows[1::2]):
+    for first, second in zip(rows[0::2], rows[1::2], strict=True):
         folder = root_path / "MLLM_VLM Images" / first["Type"]
         loaded = []
         for row in (first, second):
             path = folder / f"{int(row['Question ID'])}.jpg"
             decoded = decode_image(path) if path.is_file() else None
             if decoded is None:
-                raise DataError(f"{path} is missing or does not decode.")
+                raise UserError(f"{path} is missing or does not decode.")
             loaded.append(decoded)
         pairs.append(MMVPPair(first["Type"], tuple(loaded), (first["Statement"], second["Statement"])))
     return pairs

@@ -1,0 +1,223 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""
+The machinery of a training run with Accelerate, shared by the training scripts: the batch and step plan, the run
+folder and its fingerprint, checkpoints that are complete or absent and resume exactly, the trackers and
+`metrics.jsonl`, `eval_results.json`, the final model folder and its upload.
+
+A run folder holds `run_config.json` (the run's fingerprint and settings), `checkpoint-N/` (full training state,
+the last K kept), `metrics.jsonl`, `logs/` (trackers), `model/` and `eval_results.json`.
+"""
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from .cli import UserError
+from .files import atomic_directory, atomic_write_text
+from .publishing import push_folder_to_hub
+
+
+logger = get_logger(__name__)
+
+TRAINING_STATE = "training_state.json"
+RUN_CONFIG = "run_config.json"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many samples a step takes and how many steps the run makes, fixed before training starts."""
+
+    num_processes: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    steps_per_epoch: int | None  # None for a stream, whose length is unknown
+    max_steps: int
+    warmup_steps: int
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.per_device_batch_size * self.num_processes * self.gradient_accumulation_steps
+
+    @classmethod
+    def build(
+        cls,
+        num_processes: int,
+        gradient_accumulation_steps: int,
+        per_device_batch_size: int | None,
+        global_batch_size: int | None,
+        dataset_length: int | None,
+        max_steps: int | None,
+        num_epochs: int | None,
+        warmup_ratio: float | None = None,
+        warmup_epochs: float | None = None,
+    ) -> "BatchPlan":
+        """
+        The plan of a run from its options: the per-device batch is given or derived from the global one; the
+        number of steps is `max_steps`, or `num_epochs` passes over a dataset of `dataset_length` samples (None for
+        a stream); the warm-up is `warmup_epochs` (a stream: the same share of the run as the epochs would be) or
+        `warmup_ratio` of the steps.
+        """
+        devices = num_processes * gradient_accumulation_steps
+        if global_batch_size is not None:
+            if global_batch_size % devices:
+                raise UserError(
+                    f"--global_batch_size {global_batch_size} does not divide into {num_processes} processes × "
+                    f"{gradient_accumulation_steps} accumulation steps; choose a multiple of {devices}."
+                )
+            per_device_batch_size = global_batch_size // devices
+        global_batch = per_device_batch_size * devices
+        steps_per_epoch = None
+        if dataset_length is not None:
+            steps_per_epoch = dataset_length // global_batch
+            if steps_per_epoch == 0:
+                raise UserError(
+                    f"the dataset has {dataset_length} examples, fewer than one global batch of {global_batch}."
+                )
+        if max_steps is None:
+            if steps_per_epoch is None:
+                raise UserError("a streamed dataset has no known length: give --max_steps.")
+            max_steps = num_epochs * steps_per_epoch
+        if warmup_epochs is None:
+            warmup_steps = round(warmup_ratio * max_steps)
+        elif steps_per_epoch:
+            warmup_steps = round(warmup_epochs * steps_per_epoch)
+        else:
+            warmup_steps = round(warmup_epochs / num_epochs * max_steps)
+        return cls(
+            num_processes, per_device_batch_size, gradient_accumulation_steps, steps_per_epoch, max_steps, warmup_steps
+        )
+
+
+class TrainingState:
+    """Where the run is (step, epoch, batches of the epoch done, samples trained on and skipped), saved with every
+    checkpoint."""
+
+    def __init__(self, run_fingerprint: dict):
+        self.run_fingerprint = run_fingerprint
+        self.global_step, self.epoch, self.batches_in_epoch, self.images_seen, self.skipped = 0, 0, 0, 0, 0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def fingerprint_differences(saved: dict, current: dict) -> str:
+    """The settings two runs do not share, as 'name (saved vs now)', or '' when they are the same run."""
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    return ", ".join(f"{key} ({saved.get(key)!r} vs {current.get(key)!r})" for key in keys)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Completed checkpoints of a run, oldest first (a checkpoint is only named so once fully written)."""
+    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+class Run:
+    """
+    One training run's folder. `start` checks it (another run there is refused unless resuming it or overwriting
+    it) and finds the checkpoint to resume from; then `save_checkpoint`, `log`, `model_folder`, `write_results` and
+    `push` write into it. Every method is called on all processes; only the main process writes.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, fingerprint: dict, checkpoints_total_limit=2):
+        self.accelerator, self.output_dir = accelerator, Path(output_dir)
+        self.fingerprint, self.checkpoints_total_limit = fingerprint, checkpoints_total_limit
+
+    def start(self, settings: dict, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
+        """Prepare the folder and record the run's settings; returns the checkpoint to resume from, if any."""
+        resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
+        run_file = self.output_dir / RUN_CONFIG
+        if run_file.exists() and not resume_from_checkpoint and not overwrite:
+            raise UserError(
+                f"{self.output_dir} already holds a run ({RUN_CONFIG}); continue it with --resume_from_checkpoint "
+                "latest, choose another --output_dir, or pass --overwrite to start afresh."
+            )
+        if run_file.exists() and resume_from_checkpoint and not overwrite:
+            saved = json.loads(run_file.read_text())["run_fingerprint"]
+            if differences := fingerprint_differences(saved, self.fingerprint):
+                raise UserError(
+                    f"{self.output_dir} holds another run, with other {differences}; use another --output_dir."
+                )
+        resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if overwrite and self.output_dir.exists():
+                shutil.rmtree(self.output_dir)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            record = {"run_fingerprint": self.fingerprint, "args": settings}
+            atomic_write_text(run_file, json.dumps(record, indent=2, default=str))
+        self.accelerator.wait_for_everyone()
+        return resume_from
+
+    def _checkpoint_to_resume(self, resume_from_checkpoint: str | None) -> Path | None:
+        """The checkpoint to resume from, checked to belong to this run; None to start from the beginning."""
+        if not resume_from_checkpoint:
+            return None
+        if resume_from_checkpoint == "latest":
+            checkpoints = list_checkpoints(self.output_dir)
+            if not checkpoints:  # nothing saved yet (e.g. killed early): start from the beginning
+                return None
+            path = checkpoints[-1]
+        else:
+            path = Path(resume_from_checkpoint)
+        if not (path / TRAINING_STATE).is_file():
+            raise UserError(f"{path} is not a checkpoint of this script (it has no {TRAINING_STATE}).")
+        saved = json.loads((path / TRAINING_STATE).read_text())["run_fingerprint"]
+        if differences := fingerprint_differences(saved, self.fingerprint):
+            raise UserError(f"{path} is a checkpoint of another run or model, with other {differences}.")
+        return path
+
+    def save_checkpoint(self, state: TrainingState) -> None:
+        """Save the full training state under a temporary name, then rename it: a killed run never leaves half of
+        one. Keeps the last `checkpoints_total_limit`."""
+        accelerator = self.accelerator
+        final = self.output_dir / f"checkpoint-{state.global_step}"
+        staging = self.output_dir / f".checkpoint-{state.global_step}.tmp"
+        if accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            atomic_write_text(staging / TRAINING_STATE, json.dumps(state.state_dict(), indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            for old in list_checkpoints(self.output_dir)[: -self.checkpoints_total_limit]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    def log(self, logs: dict, step: int) -> None:
+        """To the trackers (`--report_to`) and, whatever they are, as a line of `metrics.jsonl`."""
+        self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "metrics.jsonl", "a") as log_file:
+                log_file.write(json.dumps({"step": step, **logs}) + "\n")
+
+    @contextmanager
+    def model_folder(self) -> Iterator[Path]:
+        """On the main process, a staging folder that becomes `model/` in one rename when the block succeeds."""
+        with atomic_directory(self.output_dir / "model", overwrite=True) as staging:
+            yield staging
+
+    def write_results(self, results: dict) -> Path:
+        """`eval_results.json`, written atomically by the main process."""
+        path = self.output_dir / "eval_results.json"
+        if self.accelerator.is_main_process:
+            atomic_write_text(path, json.dumps(results, indent=2, default=str))
+        return path
+
+    def push(self, repo_id: str, private: bool = False) -> None:
+        """Upload `model/` to the Hub repo `repo_id` (main process)."""
+        if self.accelerator.is_main_process:
+            url = push_folder_to_hub(self.output_dir / "model", repo_id, private)
+            logger.info(f"Uploaded to {url}")

@@ -1,0 +1,19 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Markdown tables, the form every script prints its results in."""
+
+import math
+from collections.abc import Callable, Sequence
+
+
+def format_number(value) -> str:
+    """Floats with 4 decimals; NaN and None as an empty cell; anything else as is."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], cell: Callable = format_number) -> str:
+    """A Markdown table with one row per entry of `rows`, each value written by `cell`."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
