@@ -1,6 +1,6 @@
 """Start a DiffCLIP from a Transformers CLIP checkpoint (a fine-tuning path the paper does not offer).
 
-    python convert/convert_clip_to_diffclip.py --model CLIP_PATH_OR_REPO_ID --output_dir DIR \
+    python convert/convert_clip_to_diffclip.py --model CLIP_PATH_OR_REPO_ID --output_dir DIR \\
         [--variant diffclip|diffclip-vision|diffclip-dynamic|clip] [--push_to_hub REPO_ID] [--private] [--overwrite]
 
 Every CLIP tensor is copied unchanged; the parameters CLIP lacks are initialised as in the paper (λ vectors from
@@ -11,9 +11,9 @@ same network as the CLIP model, packaged as DiffCLIP (a baseline for fair compar
 import argparse
 import logging
 
-from diffclip_lab.cli import add_output_arguments, run_main, setup_logging
+from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.conversion import convert_clip
-from diffclip_lab.publishing import push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_folder_to_hub
 from modeling_diffclip.configuration_diffclip import VARIANTS
 
 
@@ -27,7 +27,11 @@ def main(argv=None) -> int:
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    convert_clip(args.model, args.output_dir, variant=args.variant, overwrite=args.overwrite)
+    if args.push_to_hub:  # before the work, not after it
+        check_can_push(args.push_to_hub)
+    convert_clip(
+        path_or_repo_id(args.model, "--model"), args.output_dir, variant=args.variant, overwrite=args.overwrite
+    )
     logger.info(f"Converted {args.model} -> {args.output_dir} ({args.variant})")
     if args.push_to_hub:
         url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, f"{args.variant} from {args.model}")

@@ -1,6 +1,6 @@
 """Convert a released DiffCLIP checkpoint into a Transformers folder, exactly.
 
-    python convert/convert_official_diffclip.py --checkpoint PATH_OR_REPO_ID --output_dir DIR \
+    python convert/convert_official_diffclip.py --checkpoint PATH_OR_REPO_ID --output_dir DIR \\
         [--push_to_hub REPO_ID] [--private] [--overwrite]
 
 The released checkpoints (`hammh0a/DiffCLIP_ViTB16_CC3M`, `hammh0a/DiffCLIP_ViTB16_CC12M`) are `checkpoint_best.pt`
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from diffclip_lab.cli import add_output_arguments, run_main
 from diffclip_lab.conversion import convert_official_checkpoint, resolve_checkpoint
-from diffclip_lab.publishing import push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_folder_to_hub
 
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
 
+    if args.push_to_hub:  # before the work, not after it
+        check_can_push(args.push_to_hub)
     path = resolve_checkpoint(args.checkpoint, args.filename)
     # name the model after its Hub repo (a local file: after the folder holding it)
     source = None if Path(args.checkpoint).exists() else args.checkpoint.split("/")[-1]

@@ -5,7 +5,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 
 class UserError(Exception):
@@ -33,3 +36,34 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+
+
+def path_or_repo_id(value: str, option: str) -> str:
+    """`value` as given when it is an existing path or can be a Hub repo id ('name', 'org/name'), else one error."""
+    if Path(value).exists():
+        return value
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise UserError(f"{option} {value}: no such file or folder (nor a Hub repo id).") from None
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is below {low}")
+    return value

@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     StrictDataclassError,
 )
-from transformers import AutoProcessor, CLIPModel
+from transformers import AutoConfig, AutoProcessor, CLIPModel
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 
@@ -313,6 +313,13 @@ def convert_clip(
     """Load a CLIP checkpoint and its processor, and write the DiffCLIP folder in one rename."""
     check_output_directory(output_dir, overwrite)
     try:
+        config = AutoConfig.from_pretrained(model_name_or_path)
+        if config.model_type != "clip":  # CLIPModel would load another model's config as CLIP's, and its weights
+            raise UserError(
+                f"{model_name_or_path} is a {config.model_type!r} model, not a Transformers CLIP ('clip'); this "
+                "converter starts DiffCLIP from CLIP weights. A DiffCLIP folder trains as it is (pretrain.py "
+                "--init_from)."
+            )
         clip = CLIPModel.from_pretrained(model_name_or_path)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]

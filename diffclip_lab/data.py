@@ -3,7 +3,9 @@
 Supported sources (`load_image_text_dataset`):
 - a Hub dataset id (`pixparse/cc3m-wds`, `nlphuji/flickr30k`, ...), with `streaming=True` for data larger than disk;
 - a local folder written by `Dataset.save_to_disk`;
-- a local folder of webdataset shards as written by img2dataset (`*.tar` holding `{key}.jpg` and `{key}.txt`);
+- webdataset shards as written by img2dataset (`*.tar` holding `{key}.jpg` and `{key}.txt`): a folder of them (the
+  folder is the split), a folder with one subfolder of them per split (`<root>/<split>/*.tar`), a shard file, a brace
+  pattern (`shards/{00000..00099}.tar`) or a `::`-separated list of these;
 - any local folder or files `datasets.load_dataset` understands: parquet, arrow, csv/json with image paths, or an
   `imagefolder` with a `metadata.jsonl`/`metadata.csv` caption column.
 
@@ -14,8 +16,10 @@ is skipped and counted instead of stopping the run.
 import io
 import math
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -37,19 +41,70 @@ def load_image_text_dataset(
     try:
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
             dataset = datasets.load_from_disk(str(path))
-            dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise UserError(f"{name_or_path} has no split {split!r}; its splits are {list(dataset)}.")
+                dataset = dataset[split]
             return dataset.to_iterable_dataset() if streaming else dataset
-        if path.is_dir() and sorted(path.rglob("*.tar")):
-            shards = sorted(str(p) for p in path.rglob("*.tar"))
+        if (shards := webdataset_shards(name_or_path, split)) is not None:
             return datasets.load_dataset("webdataset", data_files={split: shards}, split=split, streaming=streaming)
         return datasets.load_dataset(name_or_path, split=split, streaming=streaming)
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
         raise UserError(
-            f"dataset {name_or_path!r} not found: give a Hub dataset id, a folder written by save_to_disk, a folder "
-            f"of webdataset .tar shards, or files datasets.load_dataset reads ({error})."
+            f"dataset {name_or_path!r} not found: give a Hub dataset id, a folder written by save_to_disk, webdataset "
+            f".tar shards (a folder, files, 'a.tar::b.tar' or a brace pattern), or files datasets.load_dataset reads "
+            f"({error})."
         ) from None
     except ValueError as error:  # e.g. an unknown split
         raise UserError(f"dataset {name_or_path!r} cannot be read as asked: {error}") from None
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion, as img2dataset users write shard lists: `{00000..00003}` (zero padding kept) and
+    `{a,b}`, any number of them."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    body, (head, tail) = match.group(1), (pattern[: match.start()], pattern[match.end() :])
+    if numbers := re.fullmatch(r"(\d+)\.\.(\d+)", body):
+        first, last = numbers.groups()
+        width = len(first) if first.startswith("0") else 0
+        items = [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
+    else:
+        items = body.split(",")
+    return [expanded for item in items for expanded in expand_braces(head + item + tail)]
+
+
+def webdataset_shards(name_or_path: str, split: str) -> list[str] | None:
+    """
+    The `.tar` shards of `split`, or None when `name_or_path` is not webdataset shards. `name_or_path` is a shard, a
+    brace pattern or a '::'-separated list of them, or a folder: of shards (img2dataset's flat layout, whose one split
+    is the folder itself), or of one subfolder of shards per split (`<root>/<split>/*.tar`).
+    """
+    parts = [shard for part in name_or_path.split("::") for shard in expand_braces(part)]
+    if len(parts) > 1 or parts[0].endswith(".tar"):
+        if not all(part.endswith(".tar") for part in parts):
+            return None
+        if missing := [part for part in parts if not Path(part).is_file()]:
+            raise UserError(f"webdataset shard(s) not found: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
+        return parts
+    root = Path(name_or_path)
+    if not root.is_dir():
+        return None
+    splits = {child.name: child for child in root.iterdir() if child.is_dir() and any(child.glob("*.tar"))}
+    if splits:
+        if split not in splits:
+            raise UserError(f"{root} has no split {split!r} of shards; its splits are {sorted(splits)}.")
+        return sorted(str(p) for p in splits[split].glob("*.tar"))
+    shards = sorted(str(p) for p in root.glob("*.tar"))
+    if not shards:
+        return None
+    if split != "train":
+        raise UserError(
+            f"{root} holds one set of shards and no split subfolders, so it has no split {split!r}: point the "
+            "dataset at that split's own folder (its shards are read as 'train'), or give <root>/<split>/*.tar."
+        )
+    return shards
 
 
 def find_column(dataset, given: str | None, candidates: tuple[str, ...], kind: str) -> str:
@@ -151,18 +206,28 @@ class ImageTransform:
         return (pixels - self.mean) / self.std
 
 
+class Skipped(NamedTuple):
+    """An example that cannot be trained on: its key (webdataset) or index, and why."""
+
+    key: str
+    reason: str
+
+
 class ExampleEncoder:
-    """Turns one raw example into model inputs (pixel values and caption text), or None when it must be skipped."""
+    """Turns one raw example into model inputs (pixel values and caption text), or `Skipped`."""
 
     def __init__(self, image_column: str, caption_column: str, transform: ImageTransform, seed: int = 0):
         self.image_column, self.caption_column = image_column, caption_column
         self.transform, self.seed, self.epoch = transform, seed, 0
 
-    def __call__(self, example: dict, index: int) -> dict | None:
+    def __call__(self, example: dict, index: int) -> dict | Skipped:
+        key = str(example.get("__key__", index))
         caption = caption_text(example.get(self.caption_column))
-        image = decode_image(example.get(self.image_column)) if caption else None
+        if not caption:
+            return Skipped(key, "empty caption")
+        image = decode_image(example.get(self.image_column))
         if image is None:
-            return None
+            return Skipped(key, "image does not decode")
         # augmentation drawn from (seed, epoch, index): the same whichever process, worker or resumed run loads it
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         return {"pixel_values": self.transform(image, rng), "caption": caption}
@@ -203,20 +268,22 @@ class StreamingImageText(torch.utils.data.IterableDataset):
 
 
 class Collator:
-    """Stacks the examples that decoded, tokenizes their captions, and counts the ones that were skipped."""
+    """Stacks the examples that decoded and tokenizes their captions; counts and names the ones skipped."""
 
     def __init__(self, tokenizer, context_length: int, image_size: int):
         self.tokenizer, self.context_length, self.image_size = tokenizer, context_length, image_size
 
-    def __call__(self, examples: list[dict | None]) -> dict:
-        kept = [example for example in examples if example is not None]
-        num_skipped = torch.tensor(len(examples) - len(kept))
+    def __call__(self, examples: list[dict | Skipped]) -> dict:
+        kept = [example for example in examples if not isinstance(example, Skipped)]
+        skipped = [f"{example.key} ({example.reason})" for example in examples if isinstance(example, Skipped)]
+        num_skipped = torch.tensor(len(skipped))
         if not kept:
             return {
                 "input_ids": torch.zeros(0, self.context_length, dtype=torch.long),
                 "attention_mask": torch.zeros(0, self.context_length, dtype=torch.long),
                 "pixel_values": torch.zeros(0, 3, self.image_size, self.image_size),
                 "num_skipped": num_skipped,
+                "skipped": skipped,
             }
         text = self.tokenizer(
             [example["caption"] for example in kept],
@@ -230,4 +297,5 @@ class Collator:
             "attention_mask": text["attention_mask"],
             "pixel_values": torch.stack([example["pixel_values"] for example in kept]),
             "num_skipped": num_skipped,
+            "skipped": skipped,
         }

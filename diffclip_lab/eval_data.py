@@ -12,6 +12,7 @@
 """
 
 import csv
+import hashlib
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,10 @@ class EvalSplit:
 
     name: str
     images: LazyImages
+    fingerprint: str  # identifies the images' content, for the feature cache
     labels: list[int] | None = None
     captions: list[list[str]] | None = None
+    skipped_captions: int = 0  # empty ones, not scored
     classnames: list[str] | None = None
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
 
@@ -66,6 +69,13 @@ class EvalSplit:
         if self.captions is None:
             raise UserError(f"{self.name} has no captions (a `txt` entry or a caption column); retrieval needs them.")
         return self.captions
+
+
+def _captions(per_image: list[list]) -> dict:
+    """Each image's captions, stripped; empty ones are dropped and counted, as training skips them."""
+    captions = [[c.strip() for c in image if isinstance(c, str) and c.strip()] for image in per_image]
+    skipped = sum(len(image) for image in per_image) - sum(len(image) for image in captions)
+    return {"captions": captions, "skipped_captions": skipped}
 
 
 def _lines(path: Path) -> list[str] | None:
@@ -120,17 +130,18 @@ def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
             f"{len(missing)} samples of {split_dir} have no image ({'/'.join(IMAGE_EXTENSIONS)}), e.g. {missing[0]}."
         )
     images = LazyImages(len(keys), lambda i: samples[keys[i]][image_extension[keys[i]]], str(split_dir))
+    content = hashlib.sha256()
+    for key in keys:
+        content.update(f"{key}.{image_extension[key]}:".encode())
+        content.update(samples[key][image_extension[key]])
     has_labels = all("cls" in samples[key] for key in keys)
     has_captions = all("txt" in samples[key] for key in keys)
     return EvalSplit(
         name=f"{name_or_path}:{split}",
         images=images,
+        fingerprint=content.hexdigest(),
         labels=[int(samples[key]["cls"].decode().strip()) for key in keys] if has_labels else None,
-        captions=[
-            [line.strip() for line in samples[key]["txt"].decode("utf-8").splitlines() if line.strip()] for key in keys
-        ]
-        if has_captions
-        else None,
+        **(_captions([samples[key]["txt"].decode("utf-8").splitlines() for key in keys]) if has_captions else {}),
         classnames=_lines(root / "classnames.txt"),
         templates=_lines(root / "zeroshot_classification_templates.txt") or list(DEFAULT_TEMPLATES),
     )
@@ -161,12 +172,16 @@ def split_from_dataset(
         classnames = feature.names if isinstance(feature, datasets.ClassLabel) else None
     caption_column = caption_column or next((c for c in CAPTION_COLUMNS if c in columns), None)
     if caption_column in columns:
-        captions = [[c] if isinstance(c, str) else list(c) for c in dataset[caption_column]]
+        captions = [[c] if isinstance(c, str) else list(c or []) for c in dataset[caption_column]]
+    # the Arrow fingerprint, and the files behind it: a dataset rebuilt in place gets new ones
+    files = [Path(entry["filename"]) for entry in dataset.cache_files]
+    stats = [f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files if path.exists()]
     return EvalSplit(
         name=name,
         images=LazyImages(len(dataset), lambda i: dataset[i][image_column], name),
+        fingerprint=hashlib.sha256("|".join([dataset._fingerprint, image_column, *stats]).encode()).hexdigest(),
         labels=labels,
-        captions=captions,
+        **(_captions(captions) if captions is not None else {}),
         classnames=classnames,
     )
 

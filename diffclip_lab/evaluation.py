@@ -90,21 +90,24 @@ class EvalOptions:
 class DualEncoder:
     """A model and its processor, with the calls every protocol needs, and a fingerprint of its weights."""
 
-    def __init__(self, model, processor, name: str, fingerprint: str | None = None):
+    def __init__(self, model, processor, name: str, fingerprint: str | None = None, label: str | None = None):
         if not all(hasattr(model, method) for method in ("get_image_features", "get_text_features")):
             raise UserError(
                 f"{name} ({type(model).__name__}) is not a dual encoder: it has no "
                 "get_image_features/get_text_features. The evaluations score CLIP-like models."
             )
         self.model, self.processor, self.name, self.fingerprint = model.eval(), processor, name, fingerprint
+        self.label = label or name  # what progress bars call it
         self.device = model.device
         tokenizer = processor.tokenizer
         self.context_length = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else None
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str, trust_remote_code: bool = False) -> "DualEncoder":
+    def from_pretrained(
+        cls, name: str, device: str, trust_remote_code: bool = False, label: str | None = None
+    ) -> "DualEncoder":
         model, processor = load_pretrained(name, trust_remote_code)
-        return cls(model.to(device), processor, name, weights_fingerprint(name))
+        return cls(model.to(device), processor, name, weights_fingerprint(name), label)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -176,23 +179,35 @@ def image_features(
     """(images, dim) features of a split, computed in batches with a progress bar, or read from the cache."""
     key = {
         "model": encoder.fingerprint,
-        "data": data.name,
-        "count": len(data.images),
+        "dtype": str(encoder.model.dtype),
+        "images": data.fingerprint,
         "kind": kind,
-        "image_processor": encoder.processor.image_processor.to_dict(),
+        "image_processor": encoder.processor.image_processor.to_json_string(),
     }
+
+    def preprocess(indices: list[int]) -> torch.Tensor | UserError:
+        try:
+            return encoder.processor.image_processor([data.images[i] for i in indices], return_tensors="pt")[
+                "pixel_values"
+            ]
+        except (
+            UserError
+        ) as error:  # returned, not raised: raised in a worker it would come back wrapped in its traceback
+            return error
 
     def compute():
         loader = torch.utils.data.DataLoader(
             range(len(data.images)),
             batch_size=options.batch_size,
             num_workers=options.num_workers,
-            collate_fn=lambda indices: encoder.processor.image_processor(
-                [data.images[i] for i in indices], return_tensors="pt"
-            )["pixel_values"],
+            collate_fn=preprocess,
         )
-        batches = tqdm(loader, desc=f"{Path(encoder.name).name}: {data.name} images", leave=False)
-        return torch.cat([encoder.encode_images(pixel_values, kind) for pixel_values in batches])
+        features = []
+        for pixel_values in tqdm(loader, desc=f"{encoder.label}: {data.name} images", leave=False):
+            if isinstance(pixel_values, UserError):
+                raise pixel_values
+            features.append(encoder.encode_images(pixel_values, kind))
+        return torch.cat(features)
 
     return cache.get_or_compute(key, compute)
 
@@ -201,6 +216,7 @@ def text_features(encoder: DualEncoder, texts: list[str], options: EvalOptions, 
     """(texts, dim) embeddings, computed in batches or read from the cache."""
     key = {
         "model": encoder.fingerprint,
+        "dtype": str(encoder.model.dtype),
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         "context_length": encoder.context_length,
     }
@@ -210,7 +226,7 @@ def text_features(encoder: DualEncoder, texts: list[str], options: EvalOptions, 
         return torch.cat(
             [
                 encoder.encode_text(texts[i : i + options.batch_size])
-                for i in tqdm(batches, desc=f"{Path(encoder.name).name}: texts", leave=False)
+                for i in tqdm(batches, desc=f"{encoder.label}: texts", leave=False)
             ]
         )
 
@@ -255,7 +271,8 @@ def retrieval_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCac
         image_features(encoder, data, options, cache, "projected"),
         text_to_image,
     )
-    return metrics, {"images": len(captions), "captions": len(texts)}
+    counts = {"images": len(captions), "captions": len(texts), "skipped_captions": data.skipped_captions}
+    return metrics, counts
 
 
 def labelled_features(encoder, options: EvalOptions, cache, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,12 +297,11 @@ def linear_probe_task(encoder: DualEncoder, options: EvalOptions, cache: Feature
     train, validation, validation_name = train_validation_features(encoder, options, cache)
     test = labelled_features(encoder, options, cache, options.split)
     mean_per_class = options.mean_per_class or any(name in options.dataset.lower() for name in MEAN_PER_CLASS_DATASETS)
-    progress = tqdm(desc=f"{Path(encoder.name).name}: cost sweep", unit="fit", leave=False)
+    progress = tqdm(desc=f"{encoder.label}: cost sweep", unit="fit", leave=False)
     metrics = linear_probe(
         train, validation, test, options.max_iter, mean_per_class, on_fit=lambda cost, score: progress.update(1)
     )
     progress.close()
-    metrics["main"] = metrics["mean_per_class_recall" if mean_per_class else "acc1"]
     counts = {
         "train": len(train[1]),
         "validation": len(validation[1]),
@@ -320,7 +336,7 @@ def few_shot_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCach
 def mmvp_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCache) -> tuple[dict, dict]:
     pairs = load_mmvp(options.dataset)
     correct = []
-    for pair in tqdm(pairs, desc=f"{Path(encoder.name).name}: MMVP pairs", leave=False):
+    for pair in tqdm(pairs, desc=f"{encoder.label}: MMVP pairs", leave=False):
         pixel_values = encoder.processor.image_processor(list(pair.images), return_tensors="pt")["pixel_values"]
         texts = encoder.encode_text(["a photo of " + statement for statement in pair.statements])
         correct.append(mmvp_pair_correct(encoder.encode_images(pixel_values), texts))
@@ -347,7 +363,7 @@ def evaluate(encoder: DualEncoder, task: str, options: EvalOptions, cache: Featu
         "split": options.split,
         "task": task,
         "protocol": PROTOCOLS[task],
-        "main_metric": "main" if "main" in metrics else MAIN_METRICS[task],
+        "main_metric": counts.get("scored_by", MAIN_METRICS[task]),
         "metrics": metrics,
         "counts": counts,
         "versions": {

@@ -50,17 +50,20 @@ def retrieval_metrics(
     """
     CLIP Benchmark retrieval, every caption its own query. `image_retrieval_recall@k`: text→image, the caption's
     image is among the k most similar images; `text_retrieval_recall@k`: image→text, any of the image's captions is
-    among its k most similar captions. Features are L2-normalised here; `text_to_image[t]` is caption t's image.
+    among its k most similar captions (images without a caption stay in the gallery but are no query). Features are
+    L2-normalised here; `text_to_image[t]` is caption t's image.
     """
     scores = F.normalize(text_features.float(), dim=-1) @ F.normalize(image_features.float(), dim=-1).T
     positives = torch.zeros_like(scores, dtype=torch.bool)
     positives[torch.arange(len(text_to_image)), text_to_image] = True
+    queried = positives.any(0)  # images with a caption
     metrics = {}
     for k in ks:
         top_images = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (texts, k)
         metrics[f"image_retrieval_recall@{k}"] = positives.gather(1, top_images).any(1).float().mean().item()
-        top_texts = scores.T.topk(min(k, scores.shape[0]), dim=1).indices  # (images, k)
-        metrics[f"text_retrieval_recall@{k}"] = positives.T.gather(1, top_texts).any(1).float().mean().item()
+        top_texts = scores.T[queried].topk(min(k, scores.shape[0]), dim=1).indices  # (images queried, k)
+        hits = positives.T[queried].gather(1, top_texts).any(1)
+        metrics[f"text_retrieval_recall@{k}"] = hits.float().mean().item()
     return metrics
 
 
@@ -243,10 +246,10 @@ def mmvp_pair_correct(image_features: torch.Tensor, text_features: torch.Tensor)
 
 
 def mmvp_scores(categories: list[str], correct: list[bool]) -> dict[str, float]:
-    """Per-category pair accuracy (%) over the visual patterns, and their average."""
+    """Per-category pair accuracy (0–1, as every metric here) over the visual patterns, and their average."""
     by_category = defaultdict(list)
     for category, ok in zip(categories, correct, strict=True):
         by_category[category].append(ok)
-    scores = {category: 100.0 * sum(oks) / len(oks) for category, oks in by_category.items()}
+    scores = {category: sum(oks) / len(oks) for category, oks in by_category.items()}
     scores["average"] = sum(scores.values()) / len(scores)
     return scores

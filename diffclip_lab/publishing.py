@@ -4,10 +4,14 @@
 import os
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from modeling_diffclip import DiffCLIPConfig
 from modeling_diffclip.configuration_diffclip import PAPER_NAMES
+
+from .cli import UserError
 
 
 PAPER_CITATION = """@misc{hammoud2025diffclip,
@@ -134,3 +138,23 @@ def push_folder_to_hub(
         repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {Path(folder).name}"
     )
     return commit.commit_url
+
+
+def check_can_push(repo_id: str) -> None:
+    """Before any work that ends with a push: the repo id is valid, a token is set and the Hub answers with it."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UserError(f"cannot push to {repo_id!r}: {error}") from None
+    later = "or push the folder later with python examples/push_to_hub.py FOLDER --repo_id ID"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set; unset it, {later}.")
+    if get_token() is None:
+        raise UserError(f"cannot push to {repo_id}: no Hub token; run `hf auth login` or set HF_TOKEN, {later}.")
+    try:
+        HfApi().whoami()
+    except Exception as error:  # refused token, or no network: the HTTP client's own errors, whatever it is
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"cannot push to {repo_id}: the Hub does not answer with this token ({reason}); {later}."
+        ) from None

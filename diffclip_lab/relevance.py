@@ -8,11 +8,13 @@ token's row of R, over the patches, is the map. For DiffCLIP the maps A are the 
 CLIP the softmax maps.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -22,8 +24,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .cli import UserError  # noqa: E402
 
 
-def relevance_map(model, processor, image: Image.Image, query: str) -> torch.Tensor:
-    """(grid_height, grid_width) relevance of each patch to the query's similarity, scaled to [0, 1]."""
+@dataclass
+class Relevance:
+    """How one model matches one text query to one image."""
+
+    query: str
+    patches: torch.Tensor  # (grid_height, grid_width): each patch's relevance, ≥ 0, on the model's own scale
+    similarity: float  # cosine similarity of the image and text embeddings
+    logit: float  # the model's logit for the pair (similarity × its temperature)
+
+
+def relevance_map(model, processor, image: Image.Image, query: str) -> Relevance:
+    """The relevance of each patch to the query's image-text similarity, and the similarity itself."""
     inputs = processor(text=[query], images=image, padding=True, return_tensors="pt").to(model.device)
     model.zero_grad(set_to_none=True)
     outputs = model(**inputs, output_attentions=True)
@@ -40,48 +52,55 @@ def relevance_map(model, processor, image: Image.Image, query: str) -> torch.Ten
             raise UserError("the attention maps are not on the path to the output; cannot take their gradients.")
         weighted = (attention.grad * attention).clamp(min=0).mean(dim=1)[0]
         relevance = relevance + weighted @ relevance
-    patches = relevance[0, 1:].detach()
-    height = width = int(round((tokens - 1) ** 0.5))
-    patches = patches.view(height, width)
-    patches = patches - patches.min()
-    return patches / patches.max().clamp(min=1e-12)
+    side = int(round((tokens - 1) ** 0.5))
+    similarity = (outputs.image_embeds @ outputs.text_embeds.T)[0, 0].item()
+    patches = relevance[0, 1:].detach().view(side, side)
+    return Relevance(query, patches, similarity, outputs.logits_per_image[0, 0].item())
 
 
-def model_input_image(processor, image: Image.Image) -> np.ndarray:
-    """The image as the model sees it (resized and cropped, not normalised), for drawing under the maps."""
+def centre_crop_box(processor, image: Image.Image) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) of the region the processor keeps (resize of the short side, centre crop),
+    in the image's own pixels."""
     size = processor.image_processor.crop_size
     width, height = image.size
     scale = max(size["width"] / width, size["height"] / height)
-    resized = image.resize((round(width * scale), round(height * scale)), Image.BICUBIC)
-    left, top = (resized.width - size["width"]) // 2, (resized.height - size["height"]) // 2
-    return np.asarray(resized.crop((left, top, left + size["width"], top + size["height"])))
+    crop_width, crop_height = size["width"] / scale, size["height"] / scale
+    left, top = (width - crop_width) / 2, (height - crop_height) / 2
+    return round(left), round(top), round(left + crop_width), round(top + crop_height)
 
 
-def draw(rows: list[tuple[str, np.ndarray, list[torch.Tensor]]], queries: list[str], output: Path) -> None:
-    """A grid: one row per model, the image then one overlay per query."""
+def draw(rows: list[tuple[str, list[Relevance]]], image: Image.Image, box, output: Path) -> None:
+    """
+    A grid, one row per model: the image with the centre crop the models see, then each query's relevance over the
+    crop, titled with the image-text similarity and the query's probability among the queries. A row shares one
+    colour scale (its largest relevance = 1), so a query the model finds less relevant looks colder.
+    """
+    crop = np.asarray(image.crop(box))
+    queries = len(rows[0][1])
     figure, axes = plt.subplots(
-        len(rows), len(queries) + 1, figsize=(2.6 * (len(queries) + 1), 2.7 * len(rows)), squeeze=False
+        len(rows), queries + 1, figsize=(2.7 * (queries + 1) + 0.6, 2.9 * len(rows)), squeeze=False
     )
-    for row, (name, picture, maps) in enumerate(rows):
-        axes[row, 0].imshow(picture)
+    for row, (name, maps) in enumerate(rows):
+        scale = max(m.patches.max().item() for m in maps) or 1.0
+        probabilities = torch.tensor([m.logit for m in maps]).softmax(0).tolist()
+        axes[row, 0].imshow(image)
+        left, top, right, bottom = box
+        axes[row, 0].add_patch(
+            plt.Rectangle((left, top), right - left, bottom - top, fill=False, color="white", lw=1.5)
+        )
         axes[row, 0].set_ylabel(name, fontsize=9)
-        for column, (query, relevance) in enumerate(zip(queries, maps, strict=True), start=1):
-            heat = (
-                torch.nn.functional.interpolate(
-                    relevance[None, None], size=picture.shape[:2], mode="bilinear", align_corners=False
-                )[0, 0]
-                .cpu()
-                .numpy()
+        for column, (relevance, probability) in enumerate(zip(maps, probabilities, strict=True), start=1):
+            heat = F.interpolate(relevance.patches[None, None].cpu() / scale, size=crop.shape[:2], mode="bilinear")
+            axes[row, column].imshow(crop)
+            shown = axes[row, column].imshow(heat[0, 0].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[row, column].set_title(
+                f'"{relevance.query}"\ncos {relevance.similarity:.3f}, p {probability:.2f}', fontsize=8
             )
-            axes[row, column].imshow(picture)
-            axes[row, column].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if row == 0:
-                axes[row, column].set_title(f'"{query}"', fontsize=9)
+        figure.colorbar(shown, ax=axes[row, 1:].tolist(), fraction=0.03, pad=0.02, label="relevance (row max = 1)")
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])
-    axes[0, 0].set_title("image", fontsize=9)
-    figure.tight_layout()
+    axes[0, 0].set_title("image (box: the centre crop\nthe model sees)", fontsize=8)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    figure.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(figure)

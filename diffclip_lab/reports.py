@@ -4,6 +4,7 @@
 
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,91 +44,137 @@ def distinct_names(names: list[str]) -> dict[str, str]:
     return {name: name for name in names}
 
 
+# What a task's records hold besides its scores: the table and plots leave these out (a few-shot accuracy shows its
+# 95 % interval beside it instead).
+BOOKKEEPING = {"cost", "costs_tried", "validation_score", "episodes", "acc1_std", "acc1_ci95"}
+METRIC_LABELS = {
+    "acc1": "top-1 accuracy",
+    "acc5": "top-5 accuracy",
+    "mean_per_class_recall": "mean per-class recall",
+    "image_retrieval_recall@1": "text→image R@1",
+    "image_retrieval_recall@5": "text→image R@5",
+    "text_retrieval_recall@5": "image→text R@5",
+    "average": "pair accuracy",
+}
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
+
+
+def resolve_model(name: str, models: list[str]) -> str:
+    """A model of the results named in full or by the short name the tables show (`distinct_names`)."""
+    if name in models:
+        return name
+    short = {value: full for full, value in distinct_names(models).items()}
+    if name not in short:
+        raise UserError(f"--baseline {name!r} is not among the models: {', '.join(short)}.")
+    return short[name]
+
+
 def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list[tuple]]:
-    """(models, rows): each row (task, dataset, metric, {model: value}), main metrics first."""
+    """(models, rows): each row (task, dataset, metric, {model: value}, {model: 95 % interval}), main metrics
+    first; bookkeeping left out."""
     models = list(dict.fromkeys(record["model"] for record in records))
-    if baseline not in models:
-        raise UserError(f"--baseline {baseline!r} is not among the models: {models}.")
+    baseline = resolve_model(baseline, models)
     models.remove(baseline)
     models.insert(0, baseline)
-    table = defaultdict(dict)
+    table, intervals = defaultdict(dict), defaultdict(dict)
     main_metrics = {}
     for record in records:
         key = (record["task"], record["dataset"])
         main_metrics[key] = record.get("main_metric")
         for metric, value in record["metrics"].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if metric not in BOOKKEEPING and isinstance(value, (int, float)) and not isinstance(value, bool):
                 table[key + (metric,)][record["model"]] = float(value)
-    rows = sorted(
-        table.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != main_metrics[item[0][:2]], item[0][2])
-    )
-    return models, [(task, dataset, metric, values) for (task, dataset, metric), values in rows]
+                if f"{metric}_ci95" in record["metrics"]:
+                    intervals[key + (metric,)][record["model"]] = record["metrics"][f"{metric}_ci95"]
+    rows = sorted(table, key=lambda row: (row[0], row[1], row[2] != main_metrics[row[:2]], _natural(row[2])))
+    return models, [(*row, table[row], intervals[row]) for row in rows]
 
 
 def markdown(models: list[str], rows: list[tuple]) -> str:
-    """The side-by-side table: one row per task, dataset and metric; each model's value and its difference to the
-    baseline (the first model)."""
+    """The side-by-side table: one row per task, dataset and metric; each model's value (± its 95 % interval where
+    there is one) and its difference to the baseline (the first model)."""
     baseline, others = models[0], models[1:]
     names = distinct_names(models)
     datasets = distinct_names(list(dict.fromkeys(row[1] for row in rows)))
     header = ["task", "dataset", "metric", *(names[m] for m in models), *(f"Δ {names[m]}" for m in others)]
     table = []
-    for task, dataset, metric, values in rows:
+    for task, dataset, metric, values, intervals in rows:
         cells = [task, datasets[dataset], metric]
-        cells += [f"{values[m]:.4f}" if m in values else "" for m in models]
+        cells += [_value(values.get(m), intervals.get(m)) for m in models]
         cells += [f"{values[m] - values[baseline]:+.4f}" if m in values and baseline in values else "" for m in others]
         table.append(cells)
     return markdown_table(header, table)
 
 
+def _natural(name: str) -> list:
+    """Sorts recall@5 before recall@10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _value(value: float | None, interval: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" + ("" if interval is None else f" ± {interval:.4f}")
+
+
 def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
-    """Per task, the main metric of every model on every dataset, as grouped bars."""
+    """Per task, the main metric of every model on every dataset as grouped bars, with 95 % intervals where the
+    protocol gives them (few-shot)."""
     written, names = [], distinct_names(models)
     for task in sorted({record["task"] for record in records if record["task"] != "mmvp"}):
-        values = defaultdict(dict)
+        values, errors = defaultdict(dict), defaultdict(dict)
         task_records = [record for record in records if record["task"] == task]
         dataset_names = distinct_names([record["dataset"] for record in task_records])
         for record in task_records:
-            values[dataset_names[record["dataset"]]][record["model"]] = record["metrics"][record["main_metric"]]
+            dataset, metric = dataset_names[record["dataset"]], record["main_metric"]
+            values[dataset][record["model"]] = record["metrics"][metric]
+            errors[dataset][record["model"]] = record["metrics"].get(f"{metric}_ci95", 0.0)
+        metrics = {record["main_metric"] for record in task_records}
         datasets = sorted(values)
         width = 0.8 / len(models)
-        figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * len(datasets) * len(models)), 3.5))
+        figure, axes = plt.subplots(figsize=(max(4.5, 1.2 * len(datasets) * len(models)), 3.8))
         for index, model in enumerate(models):
             heights = [values[d].get(model, 0.0) for d in datasets]
+            spread = [errors[d].get(model, 0.0) for d in datasets]
             positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
-            bars = axes.bar(positions, heights, width, label=names[model])
-            axes.bar_label(bars, fmt="%.3f", fontsize=7)
+            bars = axes.bar(positions, heights, width, label=names[model], yerr=spread if any(spread) else None)
+            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
         axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
-        axes.set_ylabel(next(r["main_metric"] for r in records if r["task"] == task))
-        axes.set_title(task.replace("_", " "))
-        axes.legend(fontsize=8)
+        axes.set_ylabel(" / ".join(METRIC_LABELS.get(metric, metric) for metric in sorted(metrics)))
+        highest = max(max(v.values()) for v in values.values())
+        axes.set_ylim(0, min(1.12, max(0.05, 1.2 * highest)))  # room for the labels above the bars
+        axes.set_title(task.replace("_", " ") + (" (bars: 95 % interval)" if task == "few_shot" else ""))
+        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(models), 4))
         figure.tight_layout()
         path = plot_dir / f"{task}_bars.png"
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(figure)
         written.append(path)
     return written
 
 
 def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path | None:
-    """MMVP-VLM accuracy per visual pattern, one polygon per model."""
+    """MMVP-VLM pair accuracy per visual pattern, one polygon per model (its own marker and line style, so that
+    equal scores stay visible)."""
     mmvp = {record["model"]: record["metrics"] for record in records if record["task"] == "mmvp"}
     if not mmvp:
         return None
     categories = sorted({c for metrics in mmvp.values() for c in metrics if c != "average"})
     angles = [2 * math.pi * i / len(categories) for i in range(len(categories))] + [0.0]
-    figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
+    figure, axes = plt.subplots(figsize=(6.5, 6.5), subplot_kw={"projection": "polar"})
     names = distinct_names(models)
-    for model in (m for m in models if m in mmvp):
-        values = [mmvp[model].get(c, 0.0) for c in categories]
-        axes.plot(angles, values + values[:1], label=f"{names[model]} (avg {mmvp[model]['average']:.1f})")
-        axes.fill(angles, values + values[:1], alpha=0.15)
+    for index, model in enumerate(m for m in models if m in mmvp):
+        marker, line = STYLES[index % len(STYLES)]
+        values = [100 * mmvp[model].get(c, 0.0) for c in categories]
+        label = f"{names[model]} (average {100 * mmvp[model]['average']:.1f} %)"
+        axes.plot(angles, values + values[:1], marker=marker, linestyle=line, linewidth=1.5, label=label)
+        axes.fill(angles, values + values[:1], alpha=0.1)
     axes.set_xticks(angles[:-1], [c.replace(" and ", " &\n") for c in categories], fontsize=7)
     axes.set_ylim(0, 100)
     axes.set_title("MMVP-VLM pair accuracy (%)")
-    axes.legend(loc="lower right", bbox_to_anchor=(1.25, -0.1), fontsize=8)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
     figure.tight_layout()
     path = plot_dir / "mmvp_radar.png"
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path

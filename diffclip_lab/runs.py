@@ -137,6 +137,11 @@ class Run:
         """Prepare the folder and record the run's settings; returns the checkpoint to resume from, if any."""
         resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
         run_file = self.output_dir / RUN_CONFIG
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not run_file.exists() and not overwrite:
+            raise UserError(
+                f"{self.output_dir} holds files that are not a run of this script; choose a new or empty "
+                "--output_dir, or pass --overwrite to replace them."
+            )
         if run_file.exists() and not resume_from_checkpoint and not overwrite:
             raise UserError(
                 f"{self.output_dir} already holds a run ({RUN_CONFIG}); continue it with --resume_from_checkpoint "

@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import UserError, run_main, setup_logging
+from diffclip_lab.cli import UserError, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.evaluation import load_pretrained
-from diffclip_lab.relevance import draw, model_input_image, relevance_map
+from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
 from diffclip_lab.reports import distinct_names
 
 
 logger = logging.getLogger(__name__)
 
 
-def main(argv=None) -> dict[str, list[torch.Tensor]]:
+def main(argv=None) -> dict[str, list[Relevance]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="a folder or Hub id; repeat to compare")
     parser.add_argument("--image", required=True)
@@ -39,16 +39,17 @@ def main(argv=None) -> dict[str, list[torch.Tensor]]:
     except OSError as error:
         raise UserError(f"cannot read the image {args.image}: {error}") from None
     labels = distinct_names(args.model)
-    rows, maps = [], {}
+    rows, maps, box = [], {}, None
     for name in args.model:
         # the maps exist only in the eager path; float32 keeps the gradients exact
         model, processor = load_pretrained(
-            name, args.trust_remote_code, attn_implementation="eager", dtype=torch.float32
+            path_or_repo_id(name, "--model"), args.trust_remote_code, attn_implementation="eager", dtype=torch.float32
         )
         model = model.to(args.device).eval()
         maps[name] = [relevance_map(model, processor, image, query) for query in args.query]
-        rows.append((labels[name], model_input_image(processor, image), maps[name]))
-    draw(rows, args.query, Path(args.output))
+        rows.append((labels[name], maps[name]))
+        box = box or centre_crop_box(processor, image)
+    draw(rows, image, box, Path(args.output))
     logger.info(f"Wrote {args.output}")
     return maps
 

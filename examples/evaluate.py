@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import run_main
+from diffclip_lab.cli import path_or_repo_id, run_main
 from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 from diffclip_lab.files import atomic_write_text
+from diffclip_lab.reports import distinct_names
 
 
 def parse_args(argv=None):
@@ -68,10 +69,13 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     options = EvalOptions(**{name: getattr(args, name) for name in EvalOptions.__dataclass_fields__})
     cache = FeatureCache(None if args.no_cache else args.cache_dir)
-    records = [
-        evaluate(DualEncoder.from_pretrained(name, args.device, args.trust_remote_code), args.task, options, cache)
-        for name in args.model
-    ]
+    labels = distinct_names(args.model)
+    records = []
+    for name in args.model:
+        encoder = DualEncoder.from_pretrained(
+            path_or_repo_id(name, "--model"), args.device, args.trust_remote_code, labels[name]
+        )
+        records.append(evaluate(encoder, args.task, options, cache))
     print(f"\n{args.task} on {args.dataset} ({args.split})\n")
     print(results_table(records))
     if args.output:

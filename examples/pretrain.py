@@ -21,10 +21,10 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import AutoConfig, get_cosine_schedule_with_warmup
 
 from diffclip_lab import shapes
-from diffclip_lab.cli import UserError, run_main
+from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
 from diffclip_lab.contrastive import MAX_LOGIT_SCALE, DualEncoderForTraining, contrastive_loss, parameter_groups
 from diffclip_lab.data import (
     Collator,
@@ -38,7 +38,7 @@ from diffclip_lab.data import (
 )
 from diffclip_lab.eval_data import EvalSplit, load_split, split_from_dataset
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, zero_shot
-from diffclip_lab.publishing import model_card
+from diffclip_lab.publishing import check_can_push, describe_variant, model_card
 from diffclip_lab.recipes import MODEL_CONFIGS, PRETRAINING_RECIPES, apply_recipe
 from diffclip_lab.runs import BatchPlan, Run, TrainingState
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
@@ -47,6 +47,7 @@ from modeling_diffclip.configuration_diffclip import VARIANTS
 
 logger = get_logger(__name__)
 DEMO_TRAIN_EXAMPLES, DEMO_TEST_EXAMPLES = 20_000, 1_000
+SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the progress bar counts them all
 
 
 def parse_args(argv=None):
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     add("--output_dir", default="outputs/diffclip-shapes", help="where checkpoints, the model and results go")
     add("--overwrite", action="store_true", help="replace a run already in --output_dir")
     add("--recipe", choices=list(PRETRAINING_RECIPES), default="demo", help="defaults for the options left unset")
-    add("--variant", choices=list(VARIANTS), default="diffclip")
+    add("--variant", choices=list(VARIANTS), help="default: diffclip, or with --init_from the model's own")
     add("--model_config", help="tiny, vit-b-16, or a path to a DiffCLIP config.json (recipe default)")
     add("--init_from", help="start from the weights of a saved DiffCLIP folder (e.g. from convert_clip_to_diffclip)")
     add(
@@ -65,7 +66,7 @@ def parse_args(argv=None):
     add("--image_column", help="default: the first of image, jpg, jpeg, png, webp, img")
     add("--caption_column", help="default: the first of caption, text, txt, sentence, sentences")
     add("--streaming", action="store_true", help="stream the dataset (needs --max_steps)")
-    add("--shuffle_buffer", type=int, default=10_000, help="shuffle buffer of a streamed dataset")
+    add("--shuffle_buffer", type=positive_int, default=10_000, help="shuffle buffer of a streamed dataset")
     add(
         "--eval_dataset",
         help="held-out classification data for the final zero-shot evaluation, in any layout evaluate.py reads",
@@ -75,13 +76,13 @@ def parse_args(argv=None):
         "--eval_label_column", default="label", help="label column of a datasets layout (ClassLabel names the classes)"
     )
     add("--eval_template", action="append", help="zero-shot prompt with {c} (repeatable; default 'a photo of a {c}.')")
-    add("--max_steps", type=int, help="optimizer steps; overrides --num_epochs")
-    add("--num_epochs", type=int)
-    add("--per_device_batch_size", type=int)
-    add("--global_batch_size", type=int, help="per-device batch × processes × accumulation steps")
+    add("--max_steps", type=positive_int, help="optimizer steps; overrides --num_epochs")
+    add("--num_epochs", type=positive_int)
+    add("--per_device_batch_size", type=positive_int)
+    add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
     add(
         "--gradient_accumulation_steps",
-        type=int,
+        type=positive_int,
         default=1,
         help="micro-batches per step; each micro-batch's loss uses its own negatives",
     )
@@ -97,12 +98,12 @@ def parse_args(argv=None):
     add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
     add("--gradient_checkpointing", action="store_true")
     add("--torch_compile", action="store_true")
-    add("--num_workers", type=int, default=1, help="data loading processes per training process")
-    add("--checkpointing_steps", type=int, help="save the full training state every N steps")
-    add("--checkpoints_total_limit", type=int, default=2, help="keep only the last K checkpoints")
+    add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
+    add("--checkpointing_steps", type=positive_int, help="save the full training state every N steps")
+    add("--checkpoints_total_limit", type=positive_int, default=2, help="keep only the last K checkpoints")
     add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
     add("--report_to", default="none", help="tensorboard, wandb, ... or all (accelerate trackers)")
-    add("--logging_steps", type=int, default=10)
+    add("--logging_steps", type=positive_int, default=10)
     add("--push_to_hub", action="store_true")
     add("--hub_model_id", help="Hub repo id for --push_to_hub")
     add("--hub_private", action="store_true")
@@ -137,18 +138,39 @@ def make_accelerator(args) -> Accelerator:
 def build_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
     """A saved DiffCLIP (`--init_from`), or a new one of a named size or config.json with the variant's attention."""
     if args.init_from:
-        return DiffCLIPModel.from_pretrained(args.init_from), DiffCLIPProcessor.from_pretrained(args.init_from)
+        return load_initial_model(args)
     if args.model_config in MODEL_CONFIGS:
         config = DiffCLIPConfig(**MODEL_CONFIGS[args.model_config])
     elif Path(args.model_config).is_file():
         config = DiffCLIPConfig.from_json_file(args.model_config)
     else:
         raise UserError(f"--model_config {args.model_config!r}: not one of {list(MODEL_CONFIGS)} nor a config file.")
-    config = config.with_variant(args.variant)
+    config = config.with_variant(args.variant or "diffclip")
     processor = DiffCLIPProcessor.from_defaults(
         image_size=config.vision_config.image_size, context_length=config.text_config.max_position_embeddings
     )
     return DiffCLIPModel(config), processor
+
+
+def load_initial_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
+    """The DiffCLIP of `--init_from`; anything else (a Transformers CLIP, another model) is refused, as is a
+    `--variant` the model is not."""
+    name = path_or_repo_id(args.init_from, "--init_from")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--init_from {name}: {str(error).strip().splitlines()[0]}") from None
+    if not isinstance(config, DiffCLIPConfig):
+        raise UserError(
+            f"--init_from {name} is a {config.model_type!r} model, not a DiffCLIP: convert a Transformers CLIP first "
+            f"with python convert/convert_clip_to_diffclip.py --model {name} --output_dir DIR, then --init_from DIR."
+        )
+    if args.variant is not None and args.variant != config.variant:
+        raise UserError(
+            f"--variant {args.variant} contradicts --init_from {name}, which is "
+            f"{config.variant or 'another combination'}: leave --variant out to train it as it is."
+        )
+    return DiffCLIPModel.from_pretrained(name), DiffCLIPProcessor.from_pretrained(name)
 
 
 def load_training_data(args, image_size: int, accelerator: Accelerator):
@@ -247,7 +269,7 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
     progress = tqdm(total=plan.max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     progress.set_description("pretrain")
     images_at_start, clock = state.images_seen, time.perf_counter()
-    skipped_in_step = 0
+    skipped_in_step = skips_logged = 0
     training.trainer.train()
     while state.global_step < plan.max_steps:
         training.data.set_epoch(state.epoch)
@@ -259,6 +281,9 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
         batches_before = state.batches_in_epoch
         for batch in loader:
             state.batches_in_epoch += 1
+            for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
+                logger.warning(f"Skipped sample {sample}", main_process_only=False)
+                skips_logged += 1
             batch = {key: value.to(accelerator.device) for key, value in batch.items()}
             skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
             with accelerator.accumulate(training.trainer):
@@ -277,6 +302,8 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
             state.images_seen += plan.global_batch_size - skipped_in_step
             skipped_in_step = 0
             progress.update(1)
+            if state.skipped:
+                progress.set_postfix(skipped=state.skipped, refresh=False)
             if state.global_step % args.logging_steps == 0 or state.global_step == plan.max_steps:
                 throughput = (state.images_seen - images_at_start) / (time.perf_counter() - clock)
                 progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{throughput:.0f}", skipped=state.skipped)
@@ -311,7 +338,7 @@ def finish(args, training: Training, processor, plan: BatchPlan, eval_split, run
         "num_processes": plan.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": plan.global_batch_size,
-        "variant": args.variant,
+        "variant": model_variant(accelerator.unwrap_model(training.trainer).model.config),
         "images_seen": state.images_seen,
         "skipped_samples": state.skipped,
         "seed": args.seed,
@@ -325,15 +352,15 @@ def finish(args, training: Training, processor, plan: BatchPlan, eval_split, run
             processor.save_pretrained(staging)
             if eval_split is not None:
                 results.update(evaluate_saved_model(staging, eval_split, plan.per_device_batch_size, accelerator))
+            start = f"Fine-tuned from `{args.init_from}`" if args.init_from else "Pretrained from scratch"
             provenance = (
-                f"Pretrained from scratch with `examples/pretrain.py` ({args.recipe} recipe) on "
+                f"{start} with `examples/pretrain.py` ({args.recipe} recipe) on "
                 f"{args.dataset or 'the captioned-shapes demo dataset'} for {state.global_step} steps of "
                 f"{plan.global_batch_size} pairs."
             )
             metrics = {k: results[k] for k in ("zeroshot_top1", "zeroshot_top5") if k in results}
-            card = model_card(
-                model.config, f"{args.variant} pretrained with examples/pretrain.py", provenance, results=metrics
-            )
+            title = f"{describe_variant(model.config)} trained with examples/pretrain.py"
+            card = model_card(model.config, title, provenance, results=metrics)
             (staging / "README.md").write_text(card)
         results["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
         path = run.write_results(results)
@@ -366,8 +393,14 @@ def evaluate_saved_model(folder: Path, eval_split: EvalSplit, batch_size: int, a
     }
 
 
+def model_variant(config: DiffCLIPConfig) -> str:
+    return config.variant or "custom"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.push_to_hub:  # before any work, not after it
+        check_can_push(args.hub_model_id)
     logging.basicConfig(format="%(message)s", level=logging.INFO)
     accelerator = make_accelerator(args)
     set_seed(args.seed)
@@ -389,7 +422,7 @@ def main(argv=None) -> dict:
     eval_split = load_eval_split(args, config.vision_config.image_size)
     fingerprint = {
         "model_config": config.to_diff_dict(),
-        "variant": args.variant,
+        "variant": model_variant(config),
         "dataset": args.dataset,
         "global_batch_size": plan.global_batch_size,
         "seed": args.seed,
@@ -404,7 +437,7 @@ def main(argv=None) -> dict:
             "diffclip-pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         )
     logger.info(
-        f"Training {args.variant} ({args.model_config or args.init_from}) for {plan.max_steps} steps of "
+        f"Training {describe_variant(config)} ({args.init_from or args.model_config}) for {plan.max_steps} steps of "
         f"{plan.global_batch_size} image-text pairs on {plan.num_processes} process(es) ({accelerator.device}); "
         f"warm-up {plan.warmup_steps} steps."
     )

@@ -38,8 +38,11 @@ def _write_shards(split_dir, samples: list[dict[str, bytes]], shards: int = 2):
                     tar.addfile(info, io.BytesIO(payload))
 
 
-def write_clip_benchmark_classification(root, per_class=None, extensions=("webp", "png", "jpg")):
-    """`<root>/<split>/{nshards.txt, i.tar}` with image + `cls` samples, class names and templates."""
+def write_clip_benchmark_classification(
+    root, per_class=None, extensions=("webp", "png", "jpg"), colour_shift=0, corrupt_sample=None
+):
+    """`<root>/<split>/{nshards.txt, i.tar}` with image + `cls` samples, class names and templates. Class c shows
+    colour c + `colour_shift`; sample `corrupt_sample` of each split, if given, has an image that does not decode."""
     if per_class is None:
         per_class = {"train": 8, "test": 4}
     root.mkdir(parents=True, exist_ok=True)
@@ -47,13 +50,15 @@ def write_clip_benchmark_classification(root, per_class=None, extensions=("webp"
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     for split, count in per_class.items():
         samples = []
-        for label, colour in enumerate(CLASSNAMES):
+        for label in range(len(CLASSNAMES)):
+            colour = CLASSNAMES[(label + colour_shift) % len(CLASSNAMES)]
             for i in range(count):
                 seed = 10_000 * list(per_class).index(split) + 100 * label + i
                 extension = extensions[(label + i) % len(extensions)]
-                samples.append(
-                    {extension: encode(colour_image(colour, seed), extension), "cls": f"{label}\n".encode()}
-                )
+                image = encode(colour_image(colour, seed), extension)
+                if len(samples) == corrupt_sample:
+                    image = b"not an image at all"
+                samples.append({extension: image, "cls": f"{label}\n".encode()})
         _write_shards(root / split, samples)
     return root
 

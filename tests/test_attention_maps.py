@@ -7,6 +7,7 @@ import torch
 from conftest import load_script
 from PIL import Image
 
+from diffclip_lab.relevance import centre_crop_box, relevance_map
 from diffclip_lab.shapes import render
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor
 
@@ -43,12 +44,12 @@ def test_grid_of_relevance_maps(saved):
         ]
     )
     for per_query in maps.values():
-        assert len(per_query) == 2
+        assert [relevance.query for relevance in per_query] == ["a green triangle", "the background"]
         for relevance in per_query:
-            assert relevance.shape == (4, 4)  # 32 px / patch 8
-            assert relevance.min() == 0
-            assert relevance.max() == pytest.approx(1.0)
-        assert not torch.equal(per_query[0], per_query[1])  # conditioned on the text
+            assert relevance.patches.shape == (4, 4)  # 32 px / patch 8
+            assert relevance.patches.min() >= 0
+            assert -1 <= relevance.similarity <= 1
+        assert not torch.equal(per_query[0].patches, per_query[1].patches)  # conditioned on the text
     with Image.open(output) as figure:
         figure.verify()
         assert figure.format == "PNG"
@@ -71,6 +72,13 @@ def test_relevance_is_the_chefer_rule_on_differential_maps(saved):
         assert gradient.abs().sum() > 0
         relevance = relevance + (gradient * attention).clamp(min=0).mean(dim=1)[0] @ relevance
     expected = relevance[0, 1:].view(4, 4)
-    expected = (expected - expected.min()) / (expected - expected.min()).max()
-    actual = attention_maps.relevance_map(model, processor, image, "a green triangle")
-    torch.testing.assert_close(actual, expected.detach(), atol=1e-6, rtol=1e-6)
+    actual = relevance_map(model, processor, image, "a green triangle")
+    torch.testing.assert_close(actual.patches, expected.detach(), atol=1e-6, rtol=1e-6)
+    cosine = torch.nn.functional.cosine_similarity(outputs.image_embeds, outputs.text_embeds).item()
+    assert actual.similarity == pytest.approx(cosine, abs=1e-6)
+
+
+def test_the_crop_box_is_what_the_processor_keeps():
+    processor = DiffCLIPProcessor.from_defaults(image_size=32)
+    assert centre_crop_box(processor, Image.new("RGB", (96, 64))) == (16, 0, 80, 64)  # short side 64 -> 32 px
+    assert centre_crop_box(processor, Image.new("RGB", (40, 40))) == (0, 0, 40, 40)

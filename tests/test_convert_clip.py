@@ -99,16 +99,18 @@ def test_clip_variant_is_the_same_network_and_processor(tiny_clip, tmp_path):
     assert "clip initialised from" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_bad_sources_get_clear_errors(tmp_path, capsys):
+def test_bad_sources_get_clear_errors(tmp_path, capsys, saved_tiny_models):
     save_tiny_clip(tmp_path / "no-processor", with_processor=False)
     save_tiny_clip(tmp_path / "odd-heads", hidden_size=24, num_attention_heads=3)
     cases = {
         tmp_path / "no-processor": "has no processor to carry over",
         tmp_path / "odd-heads": "num_attention_heads` must be even",
-        tmp_path / "absent": "could not load a CLIP model",
+        tmp_path / "absent": "no such file or folder",
+        # a DiffCLIP would load as CLIP with its trained λ and norms dropped and re-drawn
+        saved_tiny_models["diffclip"]: "is a 'diffclip' model, not a Transformers CLIP",
     }
     for source, message in cases.items():
-        output = tmp_path / f"out-{source.name}"
+        output = tmp_path / f"out-{source.name}-{len(str(source))}"
         capsys.readouterr()
         assert run_script(CONVERTER, ["--model", str(source), "--output_dir", str(output)]) == 1
         last_line = capsys.readouterr().err.strip().split("\n")[-1].split("\r")[-1]

@@ -1,16 +1,20 @@
 """examples/evaluate.py and examples/compare.py end to end, on tiny datasets in every documented layout."""
 
 import json
+import re
+import shutil
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script, tiny_config_kwargs
+from conftest import load_script, run_script, tiny_config_kwargs
 from eval_fixtures import (
     CLASSNAMES,
     MMVP_CATEGORIES,
     MMVP_PAIRS,
     TEMPLATES,
+    colour_image,
     write_clip_benchmark_classification,
     write_clip_benchmark_retrieval,
     write_hf_classification,
@@ -123,7 +127,7 @@ def test_zeroshot_on_a_datasets_folder(models, data, tmp_path):
 
 def test_retrieval(models, data, tmp_path):
     record = run(models[:1], "retrieval", data["retrieval"], tmp_path)[0]
-    assert record["counts"] == {"images": 6, "captions": 12}
+    assert record["counts"] == {"images": 6, "captions": 12, "skipped_captions": 0}
     metrics = record["metrics"]
     assert set(metrics) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
     assert metrics["image_retrieval_recall@10"] == 1.0  # only 6 images
@@ -159,7 +163,7 @@ def test_mmvp_is_scored_as_its_authors_do(models, data, tmp_path):
             similarity = texts @ images.T  # statement i must prefer image i (ties go to the second image)
             right += int(bool(similarity[0, 0] > similarity[0, 1]) and not bool(similarity[1, 0] > similarity[1, 1]))
             question += 2
-        expected[category] = 100 * right / len(MMVP_PAIRS)
+        expected[category] = right / len(MMVP_PAIRS)
     assert {k: record["metrics"][k] for k in MMVP_CATEGORIES} == pytest.approx(expected)
     assert record["metrics"]["average"] == pytest.approx(sum(expected.values()) / 2)
 
@@ -223,3 +227,68 @@ def test_models_are_named_by_their_shortest_distinct_path():
         "runs/diffclip/model": "diffclip/model",
     }
     assert distinct_names(["org/a", "org/b"]) == {"org/a": "a", "org/b": "b"}
+
+
+def test_the_feature_cache_follows_the_data_not_its_path(models, tmp_path):
+    """A dataset rebuilt in place with as many images must not be scored from the old one's cached features."""
+    root = write_clip_benchmark_classification(tmp_path / "wds")
+    run(models[:1], "zeroshot", root, tmp_path)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # the images, the prompts
+    shutil.rmtree(root)
+    write_clip_benchmark_classification(root, colour_shift=1)  # every class now shows the next colour
+    cached = run(models[:1], "zeroshot", root, tmp_path)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3  # new image features; the prompts are the same
+    fresh = run(models[:1], "zeroshot", root, tmp_path / "fresh", "--no_cache")
+    assert cached[0]["metrics"] == fresh[0]["metrics"]
+
+
+def test_empty_captions_are_skipped_and_counted(models, tmp_path):
+    colours = CLASSNAMES * 2
+    rows = {
+        "image": [colour_image(colour, index) for index, colour in enumerate(colours)],
+        "caption": ["a red one", "", "a blue one", "red again", "a green one", "   "],
+    }
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "captions"))
+    record = run(models[:1], "retrieval", tmp_path / "captions", tmp_path)[0]
+    assert record["counts"] == {"images": 6, "captions": 4, "skipped_captions": 2}
+    assert record["metrics"]["text_retrieval_recall@10"] == 1.0  # the 4 captioned images are the only queries
+
+
+def test_an_image_that_does_not_decode_is_one_line_from_worker_processes(models, tmp_path, capsys):
+    root = write_clip_benchmark_classification(tmp_path / "wds", corrupt_sample=5)
+    args = ["--task", "zeroshot", "--dataset", root, "--model", models[0], "--no_cache", "--num_workers", 1]
+    assert run_script(evaluate, args) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: image \d+ of .*/wds/test does not decode;.*", err.strip().splitlines()[-1])
+    assert "Traceback" not in err
+    assert "worker process" not in err
+
+
+def test_progress_bars_tell_models_apart(saved_tiny_models, data, tmp_path, capsys):
+    for run_name, model in (("run-a", "diffclip"), ("run-b", "clip")):
+        (tmp_path / run_name).mkdir()
+        (tmp_path / run_name / "model").symlink_to(saved_tiny_models[model])
+    run([str(tmp_path / "run-a" / "model"), str(tmp_path / "run-b" / "model")], "zeroshot", data["hf"], tmp_path)
+    err = capsys.readouterr().err
+    assert "run-a/model: " in err
+    assert "run-b/model: " in err
+
+
+def test_compare_shows_scores_not_bookkeeping_and_takes_short_names(models, data, tmp_path):
+    run(models, "linear_probe", data["classification"], tmp_path, "--max_iter", 30)
+    episodes = ["--episodes", 30, "--ways", 3, "--shots", 2, "--queries", 2]
+    shots = run(models, "few_shot", data["classification"], tmp_path, *episodes)
+    plots = tmp_path / "plots"
+    results = [str(tmp_path / "linear_probe.json"), str(tmp_path / "few_shot.json")]
+    table = compare.main([*results, "--baseline", "clip", "--plot_dir", str(plots)])
+    lines = table.splitlines()
+    assert lines[0] == "| task | dataset | metric | clip | diffclip | Δ diffclip |"
+    metrics = {line.split("|")[3].strip() for line in lines[2:]}
+    assert metrics == {"acc1", "acc5", "mean_per_class_recall"}  # no cost, costs_tried, episodes, std, interval
+    few_shot = next(line for line in lines if "| few_shot |" in line)
+    ci = shots[1]["metrics"]["acc1_ci95"]
+    assert f"{shots[1]['metrics']['acc1']:.4f} ± {ci:.4f}" in few_shot
+    for name in ("linear_probe_bars.png", "few_shot_bars.png"):
+        with Image.open(plots / name) as figure:
+            assert figure.format == "PNG"

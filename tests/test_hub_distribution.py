@@ -167,3 +167,25 @@ def test_pretrain_pushes_its_final_model(hub, tmp_path):
     )
     assert pushed["private"] is True
     assert "zeroshot_top1" in pushed["card"]
+
+
+def test_a_folder_is_pushed_on_its_own(hub, tmp_path, saved_tiny_models):
+    """examples/push_to_hub.py uploads what a run or conversion wrote when its own push could not reach the Hub."""
+    script = REPO_ROOT / "examples" / "push_to_hub.py"
+    pushed = run_client(
+        hub,
+        tmp_path,
+        f"""
+        import json, runpy, sys
+        sys.argv = ["push_to_hub", {str(saved_tiny_models["diffclip"])!r}, "--repo_id", "test-user/later"]
+        try:
+            runpy.run_path({str(script)!r}, run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        from huggingface_hub import HfApi
+        print(json.dumps({{"files": sorted(s.rfilename for s in HfApi().model_info("test-user/later").siblings)}}))
+        """,
+    )
+    assert {"model.safetensors", "config.json", "modeling_diffclip.py", "processor_config.json"} <= set(
+        pushed["files"]
+    )

@@ -3,6 +3,7 @@
 import io
 import json
 import random
+import tarfile
 
 import datasets
 import numpy as np
@@ -16,6 +17,7 @@ from diffclip_lab.data import (
     ExampleEncoder,
     ImageTransform,
     MapStyleImageText,
+    Skipped,
     caption_text,
     decode_image,
     load_image_text_dataset,
@@ -92,10 +94,11 @@ def test_broken_samples_are_skipped_and_counted():
     dataset = MapStyleImageText(datasets.Dataset.from_list(rows), encoder)
     batch = Collator(clip_tokenizer(8), 8, 16)([dataset[i] for i in range(len(dataset))])
     assert batch["num_skipped"].item() == 2
+    assert batch["skipped"] == ["1 (image does not decode)", "2 (empty caption)"]  # named for the log
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     assert batch["input_ids"].shape == (2, 8)
     assert caption_text(["the first of several captions", "second"]) == "the first of several captions"
-    empty = Collator(clip_tokenizer(8), 8, 16)([None, None])
+    empty = Collator(clip_tokenizer(8), 8, 16)([Skipped("a", "empty caption"), Skipped("b", "empty caption")])
     assert empty["num_skipped"].item() == 2
     assert empty["pixel_values"].shape == (0, 3, 16, 16)
 
@@ -117,3 +120,40 @@ def test_random_crops_are_reproducible_per_sample():
     assert torch.equal(first, transform(image, random.Random("0-0-5")))
     assert not torch.equal(first, transform(image, random.Random("0-1-5")))
     assert first.shape == (3, 16, 16)
+
+
+def write_shards(folder, counts: list[int]) -> list:
+    """img2dataset's layout: shards of {key}.jpg and {key}.txt, `counts[i]` samples in shard i."""
+    folder.mkdir(parents=True)
+    paths = []
+    for shard, count in enumerate(counts):
+        paths.append(folder / f"{shard:05d}.tar")
+        with tarfile.open(paths[-1], "w") as tar:
+            for index in range(count):
+                for name, payload in (
+                    (f"{shard}{index:04d}.png", png_bytes("red")),
+                    (f"{shard}{index:04d}.txt", b"red"),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return paths
+
+
+def test_webdataset_splits_shard_files_lists_and_brace_patterns(tmp_path):
+    root = tmp_path / "shards"
+    write_shards(root / "train", [2, 2])
+    write_shards(root / "validation", [1])
+    assert len(load_image_text_dataset(str(root), split="train")) == 4
+    assert len(load_image_text_dataset(str(root), split="validation")) == 1  # no leak from the other split
+    with pytest.raises(UserError, match=r"has no split 'test' of shards; its splits are \['train', 'validation'\]"):
+        load_image_text_dataset(str(root), split="test")
+    flat = write_shards(tmp_path / "flat", [2, 3, 1])  # img2dataset's own layout: the folder is the split
+    assert len(load_image_text_dataset(str(tmp_path / "flat"))) == 6
+    with pytest.raises(UserError, match="no split subfolders, so it has no split 'validation'"):
+        load_image_text_dataset(str(tmp_path / "flat"), split="validation")
+    assert len(load_image_text_dataset(str(flat[1]))) == 3  # one shard file
+    assert len(load_image_text_dataset(f"{flat[0]}::{flat[2]}")) == 3  # a list
+    assert len(load_image_text_dataset(str(tmp_path / "flat" / "{00000..00001}.tar"))) == 5  # a brace pattern
+    with pytest.raises(UserError, match=r"shard\(s\) not found: .*00003.tar"):
+        load_image_text_dataset(str(tmp_path / "flat" / "{00000..00003}.tar"))

@@ -12,6 +12,7 @@ import tarfile
 import pytest
 import torch
 from conftest import REPO_ROOT, load_script
+from eval_fixtures import write_clip_benchmark_classification
 from safetensors.torch import load_file
 
 from diffclip_lab.cli import UserError
@@ -145,6 +146,22 @@ def test_samples_are_counted_across_accumulated_micro_batches(webdataset, tmp_pa
     assert results["images_seen"] == 96 - 2 * len(BAD_KEYS) == metrics(output)[12]["images_seen"]
 
 
+def test_fine_tuning_a_saved_diffclip_says_where_it_came_from(webdataset, saved_tiny_models, tmp_path):
+    """`--init_from` a DiffCLIP folder, evaluated at the end on CLIP Benchmark folders (what evaluate.py reads)."""
+    colours = write_clip_benchmark_classification(tmp_path / "wds_colours")
+    output = tmp_path / "tuned"
+    source = saved_tiny_models["diffclip"]
+    args = ["--init_from", source, "--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 8]
+    launch(*args, "--max_steps", 2, "--num_workers", 0, "--eval_dataset", colours, "--eval_split", "test")
+    results = json.loads((output / "eval_results.json").read_text())
+    assert results["variant"] == "diffclip"
+    assert results["num_classes"] == 3
+    assert results["num_eval_examples"] == 12
+    card = (output / "model" / "README.md").read_text()
+    assert f"Fine-tuned from `{source}`" in card
+    assert "from scratch" not in card
+
+
 def test_loss_learning_rate_temperature_and_every_lambda_are_logged(one_process_run):
     output, _ = one_process_run
     record = metrics(output)[12]
@@ -262,9 +279,12 @@ def test_demo_output_loads_in_the_pipeline(tmp_path):
     assert "pipeline_tag: zero-shot-image-classification" in card
 
 
-def test_errors_before_training(webdataset, one_process_run, tmp_path):
+def test_errors_before_training(webdataset, one_process_run, saved_tiny_models, tmp_path):
     run, _ = one_process_run
     pretrain = load_script("examples/pretrain.py")
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"precious")
     cases = [
         (["--dataset", str(tmp_path / "nowhere")], UserError, "not found"),
         (["--dataset", str(webdataset), "--caption_column", "caption"], UserError, r"no caption column.*__key__"),
@@ -298,12 +318,42 @@ def test_errors_before_training(webdataset, one_process_run, tmp_path):
         ),
         (["--resume_from_checkpoint", str(webdataset)], UserError, "not a checkpoint of this script"),
         (["--model_config", "vit-h-14"], UserError, "not one of"),
+        (["--init_from", str(tmp_path / "runs/x/model")], UserError, "no such file or folder"),
+        (
+            ["--init_from", str(saved_tiny_models["clip"])],
+            UserError,
+            "is a 'clip' model, not a DiffCLIP: convert a Transformers CLIP first with python "
+            "convert/convert_clip_to_diffclip.py",
+        ),
+        (
+            ["--init_from", str(saved_tiny_models["diffclip"]), "--variant", "clip"],
+            UserError,
+            "--variant clip contradicts --init_from .*, which is diffclip",
+        ),
+        (["--push_to_hub", "--hub_model_id", "me/shapes"], UserError, "cannot push to me/shapes: HF_HUB_OFFLINE"),
+        (
+            ["--dataset", str(webdataset), "--output_dir", str(unrelated), "--per_device_batch_size", "8", *COMMON],
+            UserError,
+            "holds files that are not a run of this script",
+        ),
     ]
     for argv, error, message in cases:
         output = ["--output_dir", str(tmp_path / "out")] if "--output_dir" not in argv else []
         with pytest.raises(error, match=message):
             pretrain.main([*argv, *output])
     assert not (tmp_path / "out" / "model").exists()
+    assert (unrelated / "holiday.jpg").read_bytes() == b"precious"
+    assert list(unrelated.iterdir()) == [unrelated / "holiday.jpg"]
+
+
+@pytest.mark.parametrize("option", ["--max_steps", "--num_epochs", "--per_device_batch_size", "--logging_steps"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_counts_below_one_are_refused(option, value, capsys):
+    pretrain = load_script("examples/pretrain.py")
+    with pytest.raises(SystemExit) as exit:
+        pretrain.main([option, value])
+    assert exit.value.code == 2
+    assert f"argument {option}: {value} is below 1" in capsys.readouterr().err
 
 
 def test_command_line_errors_are_one_line(tmp_path):

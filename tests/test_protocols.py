@@ -143,4 +143,4 @@ def test_mmvp_pair_scoring():
     assert not mmvp_pair_correct(images, torch.tensor([[0.9, 0.1], [0.8, 0.2]]))  # the second picks image 1
     assert not mmvp_pair_correct(images, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))  # a tie goes to image 2
     scores = mmvp_scores(["color", "color", "count", "count"], [True, False, True, True])
-    assert scores == {"color": 50.0, "count": 100.0, "average": 75.0}
+    assert scores == {"color": 0.5, "count": 1.0, "average": 0.75}  # fractions, as every other metric
