@@ -61,3 +61,19 @@ def apply_recipe(args, recipe: dict) -> set[str]:
     if "per_device_batch_size" in explicit and "global_batch_size" not in explicit:
         args.global_batch_size = None
     return explicit
+
+
+# Training a LLaVA-style model, per stage; `llava15` is LLaVA-1.5's (align: the projector on 558k captioned images,
+# instruct: projector and language model on 665k conversations), `demo` the vision-language demo's on shapes.
+VLM_RECIPES = {
+    "llava15": {
+        "align": dict(learning_rate=1e-3, global_batch_size=256, num_epochs=1, warmup_ratio=0.03, weight_decay=0.0),
+        "instruct": dict(learning_rate=2e-5, global_batch_size=128, num_epochs=1, warmup_ratio=0.03, weight_decay=0.0),
+    },
+    "demo": {
+        "align": dict(learning_rate=3e-3, per_device_batch_size=32, num_epochs=3, warmup_ratio=0.05, weight_decay=0.0),
+        "instruct": dict(
+            learning_rate=3e-3, per_device_batch_size=32, num_epochs=10, warmup_ratio=0.05, weight_decay=0.0
+        ),
+    },
+}

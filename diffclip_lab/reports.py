@@ -1,6 +1,7 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Results of `evaluation.py` side by side: the paper-style table with differences to a baseline, and its figures
-(grouped bars of each task's main metric, Figures 1 and 5; the MMVP-VLM radar, Figure 4)."""
+"""Results of `evaluation.py` and `pope.py` side by side: the paper-style tables with differences to a baseline
+(Tables 1-2, and Table 3 for POPE), and its figures (grouped bars of each task's main metric, Figures 1 and 5; the
+MMVP-VLM radar, Figure 4; POPE's scores per split)."""
 
 import json
 import math
@@ -119,9 +120,9 @@ def _value(value: float | None, interval: float | None) -> str:
 
 def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
     """Per task, the main metric of every model on every dataset as grouped bars, with 95 % intervals where the
-    protocol gives them (few-shot)."""
+    protocol gives them (few-shot). POPE has its own figure (`pope_bar_plot`)."""
     written, names = [], distinct_names(models)
-    for task in sorted({record["task"] for record in records if record["task"] != "mmvp"}):
+    for task in sorted({record["task"] for record in records if record["task"] not in ("mmvp", "pope")}):
         values, errors = defaultdict(dict), defaultdict(dict)
         task_records = [record for record in records if record["task"] == task]
         dataset_names = distinct_names([record["dataset"] for record in task_records])
@@ -175,6 +176,105 @@ def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path |
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
     figure.tight_layout()
     path = plot_dir / "mmvp_radar.png"
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ POPE
+
+POPE_SPLITS = ("random", "popular", "adversarial")
+POPE_METRICS = {
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "yes_ratio": "yes ratio",
+}
+
+
+def pope_scores(records: list[dict], baseline: str) -> tuple[list[str], dict[tuple[str, str], dict[str, float]]]:
+    """(models, {(split, metric): {model: score in %}}) of the POPE records, the baseline model first when it has
+    POPE results. A model with two results for one split (two benchmarks, or two runs) is refused: one table
+    compares one benchmark."""
+    pope = [record for record in records if record["task"] == "pope"]
+    models = list(dict.fromkeys(record["model"] for record in pope))
+    if baseline in models:
+        models.remove(baseline)
+        models.insert(0, baseline)
+    scores, seen = defaultdict(dict), {}
+    for record in pope:
+        key = (record["model"], record.get("split"))
+        if key[1] not in POPE_SPLITS:
+            raise UserError(f"a POPE result of {record['model']} has split {key[1]!r}, not one of POPE's.")
+        if key in seen:
+            raise UserError(
+                f"{record['model']} has two POPE {key[1]} results ({seen[key]} and {record['dataset']}); compare one "
+                "benchmark at a time."
+            )
+        seen[key] = record["dataset"]
+        for metric in POPE_METRICS:
+            if metric in record["metrics"]:
+                scores[key[1], metric][record["model"]] = 100 * record["metrics"][metric]
+    return models, scores
+
+
+def pope_table(records: list[dict], baseline: str) -> str | None:
+    """
+    POPE in the layout of the DiffCLIP paper's Table 3: one row per split (random, popular, adversarial) and metric
+    (accuracy, precision, recall, F1, yes ratio), one column per model, scores in %, and beside each score of a
+    model other than the baseline its difference to the baseline's, e.g. `85.31 (+1.20)`. The difference is taken
+    between the scores as shown (rounded to 0.01), so that the table adds up. None without POPE results.
+    """
+    models, scores = pope_scores(records, baseline)
+    if not models:
+        return None
+    names = distinct_names(models)
+    rows = []
+    for split in POPE_SPLITS:
+        for metric, label in POPE_METRICS.items():
+            values = scores.get((split, metric))
+            if not values:
+                continue
+            cells = [split, label]
+            for model in models:
+                if model not in values:
+                    cells.append("")
+                    continue
+                cell = f"{values[model]:.2f}"
+                if model != models[0] and models[0] in values:
+                    cell += f" ({round(values[model], 2) - round(values[models[0]], 2):+.2f})"
+                cells.append(cell)
+            rows.append(cells)
+    return markdown_table(["split", "metric", *(names[m] for m in models)], rows, cell=str)
+
+
+def pope_bar_plot(records: list[dict], baseline: str, plot_dir: Path) -> Path | None:
+    """POPE accuracy, precision, recall and F1 (%) of every model on each split as grouped bars, one panel per
+    metric; None without POPE results."""
+    models, scores = pope_scores(records, baseline)
+    if not models:
+        return None
+    names = distinct_names(models)
+    splits = [split for split in POPE_SPLITS if any(key[0] == split for key in scores)]
+    metrics = [metric for metric in POPE_METRICS if metric != "yes_ratio"]
+    width = 0.8 / len(models)
+    figure, panels = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8), sharey=True)
+    for axes, metric in zip(panels, metrics, strict=True):
+        for index, model in enumerate(models):
+            heights = [scores.get((split, metric), {}).get(model, 0.0) for split in splits]
+            positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(splits))]
+            bars = axes.bar(positions, heights, width, label=names[model])
+            axes.bar_label(bars, fmt="%.1f", fontsize=6, padding=2, rotation=90)
+        axes.set_xticks(range(len(splits)), splits)
+        axes.set_title(POPE_METRICS[metric])
+        axes.set_ylim(0, 115)  # room for the labels above the bars
+    panels[0].set_ylabel("%")
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(len(models), 4))
+    figure.suptitle("POPE (object hallucination)")
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    path = plot_dir / "pope_bars.png"
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path

@@ -9,6 +9,7 @@ the last K kept), `metrics.jsonl`, `logs/` (trackers), `model/` and `eval_result
 """
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -16,8 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from transformers import get_cosine_schedule_with_warmup
 
 from .cli import UserError
 from .files import atomic_directory, atomic_write_text
@@ -110,6 +114,73 @@ class TrainingState:
         vars(self).update(state)
 
 
+def make_accelerator(args) -> Accelerator:
+    """The Accelerator of a training script's options (`gradient_accumulation_steps`, `mixed_precision`, `report_to`,
+    `output_dir`, `seed`); a launch whose processes would each train alone is refused."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=f"{args.output_dir}/logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise UserError(
+            f"{launched} processes were launched but each trains alone: on a CPU-only machine launch with "
+            "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..."
+        )
+    return accelerator
+
+
+@dataclass
+class Training:
+    """What a training loop works on, after `accelerator.prepare`."""
+
+    module: torch.nn.Module  # the prepared training forward
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: torch.utils.data.DataLoader
+    data: torch.utils.data.Dataset  # has `set_epoch`
+    state: TrainingState
+
+
+def prepare_training(
+    accelerator: Accelerator,
+    run: "Run",
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data,
+    loader,
+    plan: BatchPlan,
+    resume_from: Path | None,
+    split_loader: bool = True,
+) -> Training:
+    """
+    The module, optimizer and loader prepared by Accelerate (the loader left as it is with `split_loader=False`, for
+    a stream whose shards are split already), a warm-up-then-cosine schedule, and the training state; the state of
+    `resume_from` restored.
+    """
+    # stepped by the loop once per optimizer step (not by accelerate, which would step it once per process)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.max_steps)
+    if split_loader:
+        module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
+    state = TrainingState(run.fingerprint)
+    accelerator.register_for_checkpointing(scheduler, state)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"Resumed from {resume_from} at step {state.global_step}")
+    return Training(module, optimizer, scheduler, loader, data, state)
+
+
+def plain_options(args, with_none: bool = False) -> dict:
+    """The options a tracker or a results file can hold: numbers, strings and booleans (and unset ones, if asked)."""
+    kinds = (int, float, str, bool, type(None)) if with_none else (int, float, str, bool)
+    return {key: value for key, value in vars(args).items() if isinstance(value, kinds)}
+
+
 def fingerprint_differences(saved: dict, current: dict) -> str:
     """The settings two runs do not share, as 'name (saved vs now)', or '' when they are the same run."""
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -120,6 +191,28 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     """Completed checkpoints of a run, oldest first (a checkpoint is only named so once fully written)."""
     found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def batches(accelerator: Accelerator, loader, dataset, state: TrainingState) -> Iterator[dict]:
+    """
+    The micro-batches of a run from where `state` is, epoch after epoch until the caller stops: each epoch reshuffled
+    by its number (`set_epoch` of the dataset and of the loader), a resumed epoch without the batches already trained
+    on; `state.epoch` and `state.batches_in_epoch` kept up to date, so that a checkpoint resumes exactly.
+    """
+    while True:
+        dataset.set_epoch(state.epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(state.epoch)
+        epoch = loader
+        if state.batches_in_epoch:  # resuming mid-epoch: the same batches, minus those already trained on
+            epoch = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+        batches_before = state.batches_in_epoch
+        for batch in epoch:
+            state.batches_in_epoch += 1
+            yield batch
+        if state.batches_in_epoch == batches_before:
+            raise UserError("the dataset yielded no batch in a whole epoch; is it empty?")
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
 
 class Run:
@@ -200,6 +293,16 @@ class Run:
             for old in list_checkpoints(self.output_dir)[: -self.checkpoints_total_limit]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
+
+    @staticmethod
+    def is_logging_step(state: TrainingState, plan: "BatchPlan", logging_steps: int) -> bool:
+        return state.global_step % logging_steps == 0 or state.global_step == plan.max_steps
+
+    def end_step(self, state: TrainingState, plan: "BatchPlan", checkpointing_steps: int | None) -> bool:
+        """After an optimizer step: a checkpoint every `checkpointing_steps` (if set); whether the run is done."""
+        if checkpointing_steps and state.global_step % checkpointing_steps == 0:
+            self.save_checkpoint(state)
+        return state.global_step >= plan.max_steps
 
     def log(self, logs: dict, step: int) -> None:
         """To the trackers (`--report_to`) and, whatever they are, as a line of `metrics.jsonl`."""

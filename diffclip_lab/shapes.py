@@ -73,14 +73,12 @@ def _polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> l
     return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in outline]
 
 
-def render(rng: random.Random, image_size: int) -> tuple[Image.Image, str, int]:
-    """One image, its caption and its class index."""
-    label = rng.randrange(len(CLASSNAMES))
-    color, shape = CLASSNAMES[label].split(" ")
+def cluttered_background(rng: random.Random, image_size: int) -> Image.Image:
+    """A muted background with random strokes and blobs, never saturated like the shapes."""
     background = tuple(rng.randrange(90, 170) for _ in range(3))
     image = Image.new("RGB", (image_size, image_size), background)
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.randrange(4, 9)):  # clutter: muted strokes and blobs, never saturated like the shapes
+    for _ in range(rng.randrange(4, 9)):
         clutter = tuple(min(255, max(0, c + rng.randrange(-50, 51))) for c in background)
         x0, y0 = rng.uniform(0, image_size), rng.uniform(0, image_size)
         x1, y1 = x0 + rng.uniform(-image_size / 2, image_size / 2), y0 + rng.uniform(-image_size / 2, image_size / 2)
@@ -88,8 +86,13 @@ def render(rng: random.Random, image_size: int) -> tuple[Image.Image, str, int]:
             draw.line([(x0, y0), (x1, y1)], fill=clutter, width=rng.randrange(1, 4))
         else:
             draw.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=clutter)
-    radius = rng.uniform(0.24, 0.4) * image_size
-    cx, cy = rng.uniform(radius, image_size - radius), rng.uniform(radius, image_size - radius)
+    return image
+
+
+def draw_shape(image: Image.Image, rng: random.Random, classname: str, cx: float, cy: float, radius: float) -> None:
+    """One shape of `classname` ("red circle") centred at (cx, cy), its colour jittered a little."""
+    color, shape = classname.split(" ")
+    draw = ImageDraw.Draw(image)
     fill = tuple(min(255, max(0, c + rng.randrange(-20, 21))) for c in COLORS[color])
     if shape == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
@@ -97,6 +100,16 @@ def render(rng: random.Random, image_size: int) -> tuple[Image.Image, str, int]:
         # upright, tilted by at most ±15°: the demo's few minutes of training need not learn rotation invariance
         upright = -math.pi / 2 if shape in ("triangle", "star") else 0.0
         draw.polygon(_polygon(shape, cx, cy, radius, upright + rng.uniform(-0.26, 0.26)), fill=fill)
+
+
+def render(rng: random.Random, image_size: int) -> tuple[Image.Image, str, int]:
+    """One image, its caption and its class index."""
+    label = rng.randrange(len(CLASSNAMES))
+    color, shape = CLASSNAMES[label].split(" ")
+    image = cluttered_background(rng, image_size)
+    radius = rng.uniform(0.24, 0.4) * image_size
+    cx, cy = rng.uniform(radius, image_size - radius), rng.uniform(radius, image_size - radius)
+    draw_shape(image, rng, CLASSNAMES[label], cx, cy, radius)
     size = "small" if radius < 0.32 * image_size else "large"
     position = ("top" if cy < image_size / 2 else "bottom") + (" left" if cx < image_size / 2 else " right")
     caption = rng.choice(CAPTION_TEMPLATES).format(size=size, color=color, shape=shape, position=position)

@@ -4,8 +4,10 @@
 
 Reads the JSON written by `examples/evaluate.py --output` (any number of files, any tasks and datasets) and prints a
 Markdown table, one row per task, dataset and metric, one column per model, and the difference of every model to
-the baseline (the first model by default), as in the paper's Tables 1-2. Draws grouped bars of each task's main
-metric per dataset (Figures 1 and 5) and a radar plot of the MMVP-VLM categories (Figure 4).
+the baseline (the first model by default), as in the paper's Tables 1-2. Results of `examples/evaluate_pope.py`
+get, in addition, a table in the layout of Table 3: one row per POPE split and metric, scores in %, each model's
+difference to the baseline in parentheses. Draws grouped bars of each task's main metric per dataset (Figures 1 and
+5), a radar plot of the MMVP-VLM categories (Figure 4) and POPE's scores per split.
 """
 
 import argparse
@@ -13,7 +15,15 @@ import logging
 from pathlib import Path
 
 from diffclip_lab.cli import run_main, setup_logging
-from diffclip_lab.reports import bar_plots, comparison_rows, load_records, markdown, radar_plot
+from diffclip_lab.reports import (
+    bar_plots,
+    comparison_rows,
+    load_records,
+    markdown,
+    pope_bar_plot,
+    pope_table,
+    radar_plot,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -21,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", help="JSON files written by evaluate.py --output")
+    parser.add_argument("results", nargs="+", help="JSON files written by evaluate.py or evaluate_pope.py --output")
     parser.add_argument("--baseline", help="the model the differences are taken against (default: the first)")
     parser.add_argument("--plot_dir", default="plots", help="where the PNG figures go")
     args = parser.parse_args(argv)
@@ -29,12 +39,15 @@ def main(argv=None) -> str:
     records = load_records(args.results)
     models, rows = comparison_rows(records, args.baseline or records[0]["model"])
     table = markdown(models, rows)
+    if (pope := pope_table(records, models[0])) is not None:
+        table += f"\n\nPOPE (%), difference to {models[0]} in parentheses\n\n{pope}"
     print(table)
     plot_dir = Path(args.plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures = bar_plots(records, models, plot_dir)
-    if (radar := radar_plot(records, models, plot_dir)) is not None:
-        figures.append(radar)
+    for figure in (radar_plot(records, models, plot_dir), pope_bar_plot(records, models[0], plot_dir)):
+        if figure is not None:
+            figures.append(figure)
     logger.info("Figures: " + ", ".join(str(path) for path in figures))
     return table
 

@@ -10,18 +10,16 @@ gradients, so N processes with per-device batch B train exactly as one process w
 
 import argparse
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
-from transformers import AutoConfig, get_cosine_schedule_with_warmup
+from transformers import AutoConfig
 
 from diffclip_lab import shapes
 from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
@@ -40,7 +38,15 @@ from diffclip_lab.eval_data import EvalSplit, load_split, split_from_dataset
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, zero_shot
 from diffclip_lab.publishing import check_can_push, describe_variant, model_card
 from diffclip_lab.recipes import MODEL_CONFIGS, PRETRAINING_RECIPES, apply_recipe
-from diffclip_lab.runs import BatchPlan, Run, TrainingState
+from diffclip_lab.runs import (
+    BatchPlan,
+    Run,
+    Training,
+    batches,
+    make_accelerator,
+    plain_options,
+    prepare_training,
+)
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 from modeling_diffclip.configuration_diffclip import VARIANTS
 
@@ -116,23 +122,6 @@ def parse_args(argv=None):
     if args.overwrite and args.resume_from_checkpoint:
         parser.error("--overwrite deletes the run that --resume_from_checkpoint would continue; give one of them")
     return args
-
-
-def make_accelerator(args) -> Accelerator:
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=f"{args.output_dir}/logs"),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise UserError(
-            f"{launched} processes were launched but each trains alone: on a CPU-only machine launch with "
-            "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..."
-        )
-    return accelerator
 
 
 def build_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
@@ -224,20 +213,9 @@ def load_eval_split(args, image_size: int) -> EvalSplit | None:
     return split
 
 
-@dataclass
-class Training:
-    """What the loop works on, after `accelerator.prepare`."""
-
-    trainer: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loader: torch.utils.data.DataLoader
-    data: MapStyleImageText | StreamingImageText
-    state: TrainingState
-
-
-def prepare_training(args, model, data, loader, plan: BatchPlan, run: Run, resume_from, accelerator) -> Training:
-    """Optimizer, schedule and the training forward, prepared by Accelerate; the state restored when resuming."""
+def prepare(args, model, data, loader, plan: BatchPlan, run: Run, resume_from, accelerator) -> Training:
+    """Optimizer and the training forward, prepared by Accelerate with the schedule; the state restored when
+    resuming."""
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW(
@@ -246,86 +224,61 @@ def prepare_training(args, model, data, loader, plan: BatchPlan, run: Run, resum
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    # stepped here once per optimizer step (not by accelerate, which would step it once per process)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.max_steps)
     trainer = DualEncoderForTraining(model)
     if args.torch_compile:
         trainer = torch.compile(trainer)
-    if args.streaming:  # each process reads its own shards: the loader is not to be split again
-        trainer, optimizer = accelerator.prepare(trainer, optimizer)
-    else:
-        trainer, optimizer, loader = accelerator.prepare(trainer, optimizer, loader)
-    state = TrainingState(run.fingerprint)
-    accelerator.register_for_checkpointing(scheduler, state)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        logger.info(f"Resumed from {resume_from} at step {state.global_step}")
-    return Training(trainer, optimizer, scheduler, loader, data, state)
+    # a stream's shards are split across processes already: its loader is not to be split again
+    split = not args.streaming
+    return prepare_training(accelerator, run, trainer, optimizer, data, loader, plan, resume_from, split)
 
 
 def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Accelerator) -> None:
-    """The loop: epochs of micro-batches until `plan.max_steps` optimizer steps, logging and checkpointing."""
+    """The loop: micro-batches until `plan.max_steps` optimizer steps, logging and checkpointing."""
     state = training.state
     progress = tqdm(total=plan.max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     progress.set_description("pretrain")
     images_at_start, clock = state.images_seen, time.perf_counter()
     skipped_in_step = skips_logged = 0
-    training.trainer.train()
-    while state.global_step < plan.max_steps:
-        training.data.set_epoch(state.epoch)
-        if hasattr(training.loader, "set_epoch"):
-            training.loader.set_epoch(state.epoch)
-        loader = training.loader
-        if state.batches_in_epoch:  # resuming mid-epoch: the same batches, minus those already trained on
-            loader = accelerator.skip_first_batches(training.loader, state.batches_in_epoch)
-        batches_before = state.batches_in_epoch
-        for batch in loader:
-            state.batches_in_epoch += 1
-            for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
-                logger.warning(f"Skipped sample {sample}", main_process_only=False)
-                skips_logged += 1
-            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-            skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
-            with accelerator.accumulate(training.trainer):
-                image, text, logit_scale, lambdas = training.trainer(**batch)
-                loss = contrastive_loss(image, text, logit_scale)
-                accelerator.backward(loss)
-                training.optimizer.step()
-                training.optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            training.scheduler.step()
-            with torch.no_grad():  # the paper's cap on the temperature: logit scale at most 100
-                accelerator.unwrap_model(training.trainer).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            state.global_step += 1
-            state.skipped += skipped_in_step
-            state.images_seen += plan.global_batch_size - skipped_in_step
-            skipped_in_step = 0
-            progress.update(1)
-            if state.skipped:
-                progress.set_postfix(skipped=state.skipped, refresh=False)
-            if state.global_step % args.logging_steps == 0 or state.global_step == plan.max_steps:
-                throughput = (state.images_seen - images_at_start) / (time.perf_counter() - clock)
-                progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{throughput:.0f}", skipped=state.skipped)
-                logs = {
-                    "loss": loss.item(),
-                    "learning_rate": training.scheduler.get_last_lr()[0],
-                    "logit_scale": logit_scale.item(),
-                    "images_per_second": throughput,
-                    "images_seen": state.images_seen,
-                    "skipped_samples": state.skipped,
-                    "epoch": state.epoch,
-                    **{f"lambda/{name}": value.item() for name, value in lambdas.items()},
-                }
-                run.log(logs, step=state.global_step)
-            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-                run.save_checkpoint(state)
-            if state.global_step >= plan.max_steps:
-                break
-        else:
-            if state.batches_in_epoch == batches_before:
-                raise UserError("the dataset yielded no batch in a whole epoch; is it empty?")
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    training.module.train()
+    for batch in batches(accelerator, training.loader, training.data, state):
+        for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
+            logger.warning(f"Skipped sample {sample}", main_process_only=False)
+            skips_logged += 1
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
+        with accelerator.accumulate(training.module):
+            image, text, logit_scale, lambdas = training.module(**batch)
+            loss = contrastive_loss(image, text, logit_scale)
+            accelerator.backward(loss)
+            training.optimizer.step()
+            training.optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        training.scheduler.step()
+        with torch.no_grad():  # the paper's cap on the temperature: logit scale at most 100
+            accelerator.unwrap_model(training.module).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        state.global_step += 1
+        state.skipped += skipped_in_step
+        state.images_seen += plan.global_batch_size - skipped_in_step
+        progress.update(1)
+        if skipped_in_step:
+            progress.set_postfix(skipped=state.skipped)
+        skipped_in_step = 0
+        if run.is_logging_step(state, plan, args.logging_steps):
+            throughput = (state.images_seen - images_at_start) / (time.perf_counter() - clock)
+            progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{throughput:.0f}", skipped=state.skipped)
+            logs = {
+                "loss": loss.item(),
+                "learning_rate": training.scheduler.get_last_lr()[0],
+                "logit_scale": logit_scale.item(),
+                "images_per_second": throughput,
+                "images_seen": state.images_seen,
+                "skipped_samples": state.skipped,
+                "epoch": state.epoch,
+            }
+            run.log({**logs, **{f"lambda/{name}": value.item() for name, value in lambdas.items()}}, state.global_step)
+        if run.end_step(state, plan, args.checkpointing_steps):
+            break
     progress.close()
 
 
@@ -338,15 +291,15 @@ def finish(args, training: Training, processor, plan: BatchPlan, eval_split, run
         "num_processes": plan.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": plan.global_batch_size,
-        "variant": model_variant(accelerator.unwrap_model(training.trainer).model.config),
+        "variant": model_variant(accelerator.unwrap_model(training.module).model.config),
         "images_seen": state.images_seen,
         "skipped_samples": state.skipped,
         "seed": args.seed,
     }
-    state_dict = accelerator.get_state_dict(training.trainer)
+    state_dict = accelerator.get_state_dict(training.module)
     if accelerator.is_main_process:
         state_dict = {key.removeprefix("_orig_mod.").removeprefix("model."): v for key, v in state_dict.items()}
-        model = accelerator.unwrap_model(training.trainer).model
+        model = accelerator.unwrap_model(training.module).model
         with run.model_folder() as staging:
             model.save_pretrained(staging, state_dict=state_dict)
             processor.save_pretrained(staging)
@@ -362,7 +315,7 @@ def finish(args, training: Training, processor, plan: BatchPlan, eval_split, run
             title = f"{describe_variant(model.config)} trained with examples/pretrain.py"
             card = model_card(model.config, title, provenance, results=metrics)
             (staging / "README.md").write_text(card)
-        results["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+        results["args"] = plain_options(args, with_none=True)
         path = run.write_results(results)
         logger.info(f"Saved the model to {run.output_dir / 'model'} and the results to {path}")
     if args.push_to_hub:
@@ -431,11 +384,9 @@ def main(argv=None) -> dict:
     }
     run = Run(accelerator, args.output_dir, fingerprint, args.checkpoints_total_limit)
     resume_from = run.start(vars(args), args.resume_from_checkpoint, args.overwrite)
-    training = prepare_training(args, model, data, loader, plan, run, resume_from, accelerator)
+    training = prepare(args, model, data, loader, plan, run, resume_from, accelerator)
     if accelerator.is_main_process:
-        accelerator.init_trackers(
-            "diffclip-pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-        )
+        accelerator.init_trackers("diffclip-pretrain", config=plain_options(args))
     logger.info(
         f"Training {describe_variant(config)} ({args.init_from or args.model_config}) for {plan.max_steps} steps of "
         f"{plan.global_batch_size} image-text pairs on {plan.num_processes} process(es) ({accelerator.device}); "

@@ -2,10 +2,11 @@
 """DiffCLIP (CLIP with differential attention) for Hugging Face Transformers.
 
 Importing this package registers DiffCLIP with `AutoConfig`, `AutoModel`, `AutoModelForZeroShotImageClassification`,
-`AutoModelForImageClassification` and `AutoProcessor`.
+`AutoModelForImageClassification` and `AutoProcessor`, and DiffCLIP-LLaVA with `AutoModelForImageTextToText`.
 """
 
 from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
+from .configuration_diffclip_llava import DiffCLIPLlavaConfig
 from .modeling_diffclip import (
     DiffCLIPAttention,
     DiffCLIPForImageClassification,
@@ -16,6 +17,7 @@ from .modeling_diffclip import (
     DiffCLIPVisionModel,
     DiffCLIPVisionModelWithProjection,
 )
+from .modeling_diffclip_llava import DiffCLIPLlavaForConditionalGeneration
 from .processing_diffclip import DiffCLIPProcessor, clip_bpe_vocabulary, clip_tokenizer
 from .registration import register
 
@@ -28,6 +30,8 @@ __all__ = [
     "DiffCLIPAttention",
     "DiffCLIPConfig",
     "DiffCLIPForImageClassification",
+    "DiffCLIPLlavaConfig",
+    "DiffCLIPLlavaForConditionalGeneration",
     "DiffCLIPModel",
     "DiffCLIPPreTrainedModel",
     "DiffCLIPProcessor",

@@ -9,11 +9,14 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageTextToText,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
+    LlavaProcessor,
 )
 
 from .configuration_diffclip import DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig
+from .configuration_diffclip_llava import DiffCLIPLlavaConfig
 from .modeling_diffclip import (
     DiffCLIPForImageClassification,
     DiffCLIPModel,
@@ -22,12 +25,14 @@ from .modeling_diffclip import (
     DiffCLIPVisionModel,
     DiffCLIPVisionModelWithProjection,
 )
+from .modeling_diffclip_llava import DiffCLIPLlavaForConditionalGeneration
 from .processing_diffclip import DiffCLIPProcessor
 
 
 def register() -> None:
-    """Make the Auto classes and the zero-shot pipeline resolve `model_type` "diffclip" to this package."""
-    for config_class in (DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig):
+    """Make the Auto classes and the pipelines resolve the model types "diffclip" and "diffclip_llava" to this
+    package."""
+    for config_class in (DiffCLIPConfig, DiffCLIPTextConfig, DiffCLIPVisionConfig, DiffCLIPLlavaConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
 
@@ -37,6 +42,8 @@ def register() -> None:
     AutoModelForZeroShotImageClassification.register(DiffCLIPConfig, DiffCLIPModel, exist_ok=True)
     AutoModelForImageClassification.register(DiffCLIPConfig, DiffCLIPForImageClassification, exist_ok=True)
     AutoProcessor.register(DiffCLIPConfig, DiffCLIPProcessor, exist_ok=True)
+    AutoModelForImageTextToText.register(DiffCLIPLlavaConfig, DiffCLIPLlavaForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(DiffCLIPLlavaConfig, LlavaProcessor, exist_ok=True)
 
     for model_class in (
         DiffCLIPModel,
@@ -47,4 +54,5 @@ def register() -> None:
     ):
         model_class.register_for_auto_class("AutoModel")
     DiffCLIPForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    DiffCLIPLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     DiffCLIPProcessor.register_for_auto_class("AutoProcessor")

@@ -136,3 +136,57 @@ def run_client(hub, tmp_path, script, home="hf-home"):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Wraps a training script: SIGKILLs its own process the moment it would rename a staging folder whose name starts
+# with $KILL_AT into place, so the run dies at the same point on any machine, with the previous checkpoint complete and
+# a fully written but unnamed staging folder beside it.
+KILLED_BY_A_FAULT = """
+import os, runpy, signal, sys
+
+for name in ("rename", "replace"):
+    def killing(src, dst, *args, _original=getattr(os, name), **kwargs):
+        if os.path.basename(os.fspath(src)).startswith(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _original(src, dst, *args, **kwargs)
+    setattr(os, name, killing)
+sys.argv[0] = os.environ["SCRIPT"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def accelerate_launch(script, *args, processes=1, timeout=600, config_file=None, kill_at=None, tmp_path=None):
+    """
+    `accelerate launch script args` as a user would type it (2 CPU processes need ACCELERATE_USE_CPU, see README);
+    returns its output. With `kill_at` (and a `tmp_path` for the wrapper), the run is SIGKILLed as it would rename
+    the staging folder `kill_at...` into place; returns the completed process, which must have died.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file:
+        env["ACCELERATE_USE_CPU"] = "true"
+        command += ["--config_file", str(config_file), "--num_processes", str(processes), "--main_process_port", "0"]
+    elif processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"
+        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]
+    else:
+        command += ["--num_processes", "1"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if kill_at:
+        wrapper = tmp_path / "killed_by_a_fault.py"
+        wrapper.write_text(KILLED_BY_A_FAULT)
+        env.update(KILL_AT=kill_at, SCRIPT=str(script))
+        killed = subprocess.run([*command, str(wrapper), *map(str, args)], env=env, capture_output=True, text=True)
+        assert killed.returncode != 0, "the fault was not injected"
+        return killed
+    completed = subprocess.run(
+        [*command, str(script), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return completed.stdout + completed.stderr
+
+
+def run_metrics(output_dir) -> dict[int, dict]:
+    """The last logged record of each step of a run (a resumed run logs again the steps after its checkpoint)."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record for record in records}

@@ -3,7 +3,6 @@ streaming, bad samples, the demo, and the errors raised before training."""
 
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import tarfile
 
 import pytest
 import torch
-from conftest import REPO_ROOT, load_script
+from conftest import REPO_ROOT, accelerate_launch, load_script, run_metrics
 from eval_fixtures import write_clip_benchmark_classification
 from safetensors.torch import load_file
 
@@ -54,28 +53,11 @@ def webdataset(tmp_path_factory):
     return write_webdataset(tmp_path_factory.mktemp("wds") / "shards")
 
 
-def launch(*args, processes=1, timeout=600, config_file=None):
-    """`accelerate launch` as a user would type it; 2 CPU processes need ACCELERATE_USE_CPU (see README)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config_file:
-        env["ACCELERATE_USE_CPU"] = "true"
-        command += ["--config_file", str(config_file), "--num_processes", str(processes), "--main_process_port", "0"]
-    elif processes > 1:
-        env["ACCELERATE_USE_CPU"] = "true"
-        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"]
-    else:
-        command += ["--num_processes", "1"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", PRETRAIN, *map(str, args)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
-    return completed.stdout + completed.stderr
+def launch(*args, **kwargs):
+    return accelerate_launch(PRETRAIN, *args, **kwargs)
 
 
-def metrics(output_dir) -> dict[int, dict]:
-    """The last logged record of each step (a resumed run logs again the steps after its checkpoint)."""
-    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    return {record["step"]: record for record in records}
+metrics = run_metrics
 
 
 @pytest.fixture(scope="module")
@@ -186,34 +168,11 @@ def test_checkpoints_are_complete_and_rotated(one_process_run):
     assert state["epoch"] == 1
 
 
-# Run as the training script: SIGKILLs its own process the moment it would rename the staging folder of `KILL_AT`
-# into place, so the run dies at the same point on any machine, with the previous checkpoint complete and a fully
-# written but unnamed staging folder beside it.
-KILLED_BY_A_FAULT = """
-import os, runpy, signal, sys
-
-for name in ("rename", "replace"):
-    def killing(src, dst, *args, _original=getattr(os, name), **kwargs):
-        if os.path.basename(os.fspath(src)).startswith(os.environ["KILL_AT"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return _original(src, dst, *args, **kwargs)
-    setattr(os, name, killing)
-sys.argv[0] = os.environ["PRETRAIN"]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_same_model(webdataset, one_process_run, tmp_path):
     reference, _ = one_process_run
     output = tmp_path / "killed"
     args = ["--dataset", webdataset, "--output_dir", output, *CHECKPOINTED]
-    script = tmp_path / "killed_by_a_fault.py"
-    script.write_text(KILLED_BY_A_FAULT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": ".checkpoint-8", "PRETRAIN": PRETRAIN}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
-    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), *map(str, args)]
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert killed.returncode != 0, "the fault was not injected"
+    killed = launch(*args, kill_at=".checkpoint-8", tmp_path=tmp_path)
     assert (output / "checkpoint-4").is_dir(), killed.stderr[-3000:]
     assert (output / ".checkpoint-8.tmp").is_dir()
     assert not (output / "checkpoint-8").exists()

@@ -1,0 +1,51 @@
+"""Compose a LLaVA-1.5-style vision-language model from a DiffCLIP (or Transformers CLIP) checkpoint and a causal LM.
+
+    python convert/build_llava.py --vision_model PATH_OR_ID --language_model PATH_OR_ID --output_dir DIR \\
+        [--no_pad_to_square] [--push_to_hub REPO_ID] [--private] [--overwrite]
+
+The vision tower and the language model are copied exactly; the two-layer GELU projector is new (train it with
+examples/train_vlm.py). The processor is the vision checkpoint's image processor (after LLaVA-1.5's padding to a
+square with the mean colour, unless --no_pad_to_square), the language model's tokenizer with an `<image>` token,
+and LLaVA-1.5's chat template. A DiffCLIP vision tower gives a `diffclip_llava` folder that carries its code (load
+it with trust_remote_code=True where this package is not installed); a CLIP one, Transformers' own `llava`.
+"""
+
+import argparse
+import logging
+
+from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.vlm import build_and_save
+
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vision_model", required=True, help="a DiffCLIP or Transformers CLIP folder or Hub id")
+    parser.add_argument("--language_model", required=True, help="a causal language model folder or Hub id")
+    parser.add_argument(
+        "--no_pad_to_square", action="store_true", help="centre-crop images instead of padding them to a square"
+    )
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.push_to_hub:  # before the work, not after it
+        check_can_push(args.push_to_hub)
+    model = build_and_save(
+        path_or_repo_id(args.vision_model, "--vision_model"),
+        path_or_repo_id(args.language_model, "--language_model"),
+        args.output_dir,
+        pad_to_square=not args.no_pad_to_square,
+        overwrite=args.overwrite,
+    )
+    logger.info(f"Built {model.config.model_type} in {args.output_dir}")
+    if args.push_to_hub:
+        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, "LLaVA built with build_llava.py")
+        logger.info(f"Uploaded to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

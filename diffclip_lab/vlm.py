@@ -1,0 +1,294 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""
+LLaVA-1.5-style vision-language models from a DiffCLIP (or Transformers CLIP) checkpoint and any causal language
+model: the composition, its processor and chat template, and a tiny language model made offline for tests and the
+demo.
+
+A DiffCLIP vision tower gives a `diffclip_llava` model (`DiffCLIPLlavaForConditionalGeneration`, whose code the
+saved folder carries), a CLIP one Transformers' own `llava`. Either way: the vision tower and the language model
+copied exactly, a fresh two-layer GELU projector (`mlp2x_gelu`), the penultimate vision layer's patch features
+(class token dropped), and a `LlavaProcessor` whose tokenizer has an `<image>` token.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from modeling_diffclip import (
+    DiffCLIPConfig,
+    DiffCLIPLlavaConfig,
+    DiffCLIPLlavaForConditionalGeneration,
+    DiffCLIPVisionConfig,
+)
+
+from .cli import UserError
+from .files import atomic_directory, check_output_directory
+from .publishing import PAPER_CITATION
+
+
+IMAGE_TOKEN = "<image>"
+# LLaVA-1.5's conversation format: "USER: <image>\n{question} ASSISTANT: {answer}</s>", an optional system text first.
+# A prompt rendered with `add_generation_prompt` is a prefix of the conversation with the answer, so answer tokens
+# can be told from prompt tokens (see `answer_spans`).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] + ' ' }}"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\\n' }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ ' ' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def load_vision_tower(name_or_path: str):
+    """The vision tower of a DiffCLIP or Transformers CLIP checkpoint (dual encoder or vision tower alone), and the
+    checkpoint's image processor. Anything else is refused."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--vision_model {name_or_path}: {str(error).strip().splitlines()[0]}") from None
+    if not isinstance(config, (DiffCLIPConfig, DiffCLIPVisionConfig, CLIPConfig, CLIPVisionConfig)):
+        raise UserError(
+            f"--vision_model {name_or_path} is a {config.model_type!r} model, not CLIP-family: give a DiffCLIP or "
+            "Transformers CLIP checkpoint (a dual encoder or its vision tower)."
+        )
+    model = AutoModel.from_pretrained(name_or_path)
+    tower = model.vision_model if hasattr(model, "text_model") else model
+    try:
+        image_processor = AutoProcessor.from_pretrained(name_or_path).image_processor
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"--vision_model {name_or_path} has no image processor saved beside the weights.") from None
+    return tower, image_processor
+
+
+def load_language_model(name_or_path: str):
+    """A causal language model and its tokenizer; a model that is not causal (e.g. BERT) is refused."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"--language_model {name_or_path} is not a causal language model Transformers can load: "
+            f"{str(error).strip().splitlines()[0]}"
+        ) from None
+    if not is_causal(model):
+        raise UserError(
+            f"--language_model {name_or_path} ({type(model).__name__}) is not causal: its outputs depend on later "
+            "tokens. LLaVA generates with a decoder-only language model (Llama, Qwen, Mistral, GPT-2, ...)."
+        )
+    return model, tokenizer
+
+
+@torch.no_grad()
+def is_causal(model) -> bool:
+    """Whether changing the last token of a sequence leaves the logits of the earlier positions unchanged."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, 8), generator=generator)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    model.eval()
+    before, after = model(input_ids=ids).logits, model(input_ids=changed).logits
+    return torch.allclose(before[:, :-1], after[:, :-1], atol=1e-5, rtol=1e-4)
+
+
+def llava_image_processor(image_processor, pad_to_square: bool = True) -> LlavaImageProcessorPil:
+    """The vision checkpoint's preprocessing (size, crop, resampling, mean/std), optionally after LLaVA-1.5's padding
+    of the image to a square with the mean colour, which keeps the whole image in the crop."""
+    return LlavaImageProcessorPil(
+        size=dict(image_processor.size),
+        crop_size=dict(image_processor.crop_size),
+        resample=image_processor.resample,
+        image_mean=list(image_processor.image_mean),
+        image_std=list(image_processor.image_std),
+        do_pad=pad_to_square,
+    )
+
+
+def build_llava(
+    vision_model: str, language_model: str, pad_to_square: bool = True, seed: int = 0
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """
+    A LLaVA-1.5-style model and its processor: the vision tower and the language model copied exactly, a fresh
+    projector (drawn with `seed`), the `<image>` token added to the tokenizer and the embeddings, every size derived
+    from the two checkpoints.
+    """
+    tower, image_processor = load_vision_tower(vision_model)
+    lm, tokenizer = load_language_model(language_model)
+    if tower.config.num_hidden_layers < 2:
+        raise UserError(f"--vision_model {vision_model} has one layer: LLaVA reads the penultimate one's features.")
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if tokenizer.pad_token is None:  # LLaVA pads batches of conversations
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    vision_config = tower.config
+    llava_class, config_class = (
+        (DiffCLIPLlavaForConditionalGeneration, DiffCLIPLlavaConfig)
+        if isinstance(vision_config, DiffCLIPVisionConfig)
+        else (LlavaForConditionalGeneration, LlavaConfig)
+    )
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    config = config_class(
+        vision_config=vision_config.to_dict(),
+        text_config=lm.config.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=patches,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=lm.config.tie_word_embeddings,
+    )
+    with torch.random.fork_rng(devices=[]):  # only the projector is new: make it reproducible
+        torch.manual_seed(seed)
+        model = llava_class(config).to(lm.dtype)
+    model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
+    model.model.language_model.load_state_dict(lm.base_model.state_dict(), strict=True)
+    model.lm_head.load_state_dict(lm.get_output_embeddings().state_dict(), strict=True)
+    model.generation_config = lm.generation_config
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = LlavaProcessor(
+        image_processor=llava_image_processor(image_processor, pad_to_square),
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the class token, which "default" drops again
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def save_vlm(model, processor, output_dir: str | os.PathLike, provenance: str, overwrite: bool = False) -> None:
+    """The model, its processor (with the chat template), the code a `diffclip_llava` model needs, and a card, written
+    under a temporary name and renamed."""
+    with atomic_directory(output_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "README.md").write_text(vlm_card(model, provenance), encoding="utf-8")
+
+
+def vlm_card(model, provenance: str) -> str:
+    """A model card for a LLaVA-style model built here."""
+    vision, text = model.config.vision_config, model.config.text_config
+    remote = model.config.model_type == "diffclip_llava"
+    tower = "DiffCLIP (differential attention)" if remote else "CLIP"
+    load = ", trust_remote_code=True" if remote else ""
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags:",
+        *(f"- {tag}" for tag in ("llava", "diffclip", "vision-language", *(["custom_code"] if remote else []))),
+        "---",
+        "",
+        f"# LLaVA-1.5-style model with a {tower} vision tower",
+        "",
+        f"Vision tower: {vision.hidden_size} wide, {vision.num_hidden_layers} layers, {vision.image_size} px, patch "
+        f"{vision.patch_size} ({model.config.image_seq_length} image tokens from the penultimate layer, class token "
+        f"dropped). Language model: {text.model_type}, {text.hidden_size} wide, {text.num_hidden_layers} layers. "
+        "Projector: two linear layers with a GELU.",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'chat = pipeline("image-text-to-text", model="<this repo>"{load})',
+        'messages = [{"role": "user", "content": [{"type": "image", "url": "image.jpg"}, '
+        '{"type": "text", "text": "Is there a dog in the image?"}]}]',
+        "print(chat(text=messages, max_new_tokens=20))",
+        "```",
+        "",
+        "## Provenance",
+        "",
+        provenance,
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        PAPER_CITATION,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_and_save(
+    vision_model: str, language_model: str, output_dir: str | Path, pad_to_square: bool = True, overwrite: bool = False
+) -> LlavaForConditionalGeneration:
+    """`build_llava`, then `save_vlm` with a card that says where the parts came from."""
+    check_output_directory(output_dir, overwrite)  # before the slow work
+    model, processor = build_llava(vision_model, language_model, pad_to_square)
+    provenance = (
+        f"Built with `convert/build_llava.py` of DiffCLIP for Transformers from the vision tower of `{vision_model}` "
+        f"and the language model `{language_model}`, both copied exactly; the projector is untrained. Train it with "
+        "`examples/train_vlm.py --stage align`, then `--stage instruct`."
+    )
+    save_vlm(model, processor, output_dir, provenance, overwrite)
+    return model
+
+
+def tiny_language_model(words: list[str], hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+    """
+    A small Llama and a word-level tokenizer over `words` (lower-cased; punctuation split off), made offline: the
+    language model of the tests and the demo. Returns the model and a fast tokenizer with `<s>`, `</s>`, `<unk>`
+    and `<pad>`.
+    """
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocabulary = {token: index for index, token in enumerate([*specials, *dict.fromkeys(words)])}
+    backend = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocabulary),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=vocabulary["<s>"],
+        eos_token_id=vocabulary["</s>"],
+        pad_token_id=vocabulary["<pad>"],
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config), tokenizer
+
+
+def pretrain_language_model(model, tokenizer, texts: list[str], steps: int, batch_size: int = 64, lr: float = 3e-3):
+    """Next-token prediction on `texts` for `steps` steps (AdamW, one process): the tiny language model learns the
+    demo's words before it learns to read images, as a real one comes pretrained."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        batch = tokenizer([texts[row] + tokenizer.eos_token for row in rows], padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model

@@ -1,0 +1,67 @@
+"""Evaluate an image-text-to-text model on POPE (object hallucination; the DiffCLIP paper's Table 3).
+
+    python examples/evaluate_pope.py --model PATH_OR_REPO --questions coco_pope_random.json \\
+        [--questions coco_pope_popular.json ...] --images val2014 --output results.json
+
+Models: anything `AutoModelForImageTextToText` and `AutoProcessor` load with a chat template (LLaVA and its kind,
+DiffCLIP-based ones included). Questions: the official POPE files (JSON lines with question_id, image, text, label);
+the split is read from the file name (..._random, ..._popular, ..._adversarial) or given with one --split per file.
+Prompting and scoring follow LLaVA-1.5 (see diffclip_lab/pope.py). Writes one record per split, with every answer.
+"""
+
+import argparse
+import json
+
+import torch
+
+import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
+from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.files import atomic_write_text
+from diffclip_lab.pope import answer_questions, check_images, load_vlm, pope_record, read_questions, results_table
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", required=True, help="a folder or Hub id of an image-text-to-text model")
+    add("--questions", action="append", required=True, help="a POPE question file (JSON lines); repeat for splits")
+    add("--images", required=True, help="the folder the questions' image files are in (COCO val2014 for COCO)")
+    add("--output", help="write the results (a JSON list, one record per split) here")
+    add("--split", action="append", help="the split of each --questions file, in order (default: from its name)")
+    add("--batch_size", type=positive_int, default=1, help="questions per forward pass (LLaVA: 1)")
+    add("--max_new_tokens", type=positive_int, default=128, help="the longest answer generated (LLaVA: 128)")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights' dtype")
+    add("--trust_remote_code", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    setup_logging()
+    split_names = args.split or [None] * len(args.questions)
+    if len(split_names) != len(args.questions):
+        raise UserError(f"{len(split_names)} --split for {len(args.questions)} --questions: one per file, or none.")
+    splits = [read_questions(path, name) for path, name in zip(args.questions, split_names, strict=True)]
+    names = [split.name for split in splits]
+    if len(set(names)) < len(names):
+        raise UserError(f"two question files are the same split ({', '.join(names)}); give each split once.")
+    check_images([question for split in splits for question in split.questions], args.images)
+    name = path_or_repo_id(args.model, "--model")
+    model, processor = load_vlm(name, args.device, args.dtype, args.trust_remote_code)
+    settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    records = []
+    for split in splits:
+        answers = answer_questions(
+            model, processor, split.questions, args.images, args.max_new_tokens, args.batch_size, f"POPE {split.name}"
+        )
+        records.append(pope_record(args.model, model.config.model_type, split, answers, settings))
+    print(f"\nPOPE, {args.model}\n")
+    print(results_table(records))
+    if args.output:
+        atomic_write_text(args.output, json.dumps(records, indent=2))
+    return records
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,340 @@
+"""Train a LLaVA-style vision-language model in LLaVA-1.5's two stages with 🤗 Accelerate.
+
+    accelerate launch examples/train_vlm.py        # the demo: both stages and POPE on shapes, minutes on 2 CPU cores
+    python convert/build_llava.py --vision_model runs/diffclip/model --language_model lmsys/vicuna-7b-v1.5 \\
+        --output_dir vlm
+    accelerate launch examples/train_vlm.py --model vlm --stage align --recipe llava15 \\
+        --dataset blip_laion_cc_sbu_558k.json --image_folder images --output_dir runs/vlm-align
+    accelerate launch examples/train_vlm.py --model runs/vlm-align/model --stage instruct --recipe llava15 \\
+        --dataset llava_v1_5_mix665k.json --image_folder data --output_dir runs/vlm-instruct
+
+`--stage align` trains the projector only (vision tower and language model frozen) on image-caption conversations;
+`--stage instruct` trains the projector and the language model on conversations (the vision tower too with
+--unfreeze_vision). The loss covers the answers' tokens only. With no --dataset, the demo builds a VLM from the
+demo DiffCLIP of examples/pretrain.py (trained first if absent) and a tiny language model made offline, trains both
+stages on scenes of captioned shapes and ends with POPE on held-out scenes.
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
+from diffclip_lab import pope, scenes
+from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
+from diffclip_lab.contrastive import parameter_groups
+from diffclip_lab.files import atomic_directory, atomic_write_text
+from diffclip_lab.publishing import check_can_push
+from diffclip_lab.recipes import VLM_RECIPES, apply_recipe
+from diffclip_lab.runs import (
+    BatchPlan,
+    Run,
+    Training,
+    batches,
+    make_accelerator,
+    plain_options,
+    prepare_training,
+)
+from diffclip_lab.vlm import (
+    build_llava,
+    pretrain_language_model,
+    save_vlm,
+    tiny_language_model,
+    vlm_card,
+)
+from diffclip_lab.vlm_data import (
+    Conversation,
+    ConversationDataset,
+    ConversationEncoder,
+    collate_conversations,
+    load_conversations,
+)
+
+
+logger = get_logger(__name__)
+DEMO_DIFFCLIP = Path("outputs/diffclip-shapes/model")  # examples/pretrain.py's default output
+DEMO_SCENES = {"align": 3000, "instruct": 6000, "test": 300}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", help="a VLM folder (convert/build_llava.py, or a previous stage's model/); the demo builds one")
+    add("--stage", choices=["align", "instruct"], help="align: the projector only; instruct: projector and LM")
+    add("--dataset", help="LLaVA conversations: a .json/.jsonl file or a datasets layout; default: the demo")
+    add("--image_folder", help="where the conversations' image paths start (default: the file's folder)")
+    add("--dataset_split", default="train")
+    add("--unfreeze_vision", action="store_true", help="also train the vision tower in the instruct stage")
+    add("--recipe", choices=list(VLM_RECIPES), help="defaults for unset options (default: llava15, the demo's demo)")
+    add("--output_dir", default="outputs/vlm-shapes")
+    add("--overwrite", action="store_true", help="replace a run already in --output_dir")
+    add("--max_steps", type=positive_int, help="optimizer steps; overrides --num_epochs")
+    add("--num_epochs", type=positive_int)
+    add("--per_device_batch_size", type=positive_int)
+    add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
+    add("--gradient_accumulation_steps", type=positive_int, default=1)
+    add("--learning_rate", type=float)
+    add("--weight_decay", type=float)
+    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
+    add("--max_length", type=positive_int, help="refuse conversations longer than this many tokens")
+    add("--seed", type=int, default=0)
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
+    add("--gradient_checkpointing", action="store_true")
+    add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
+    add("--checkpointing_steps", type=positive_int, help="save the full training state every N steps")
+    add("--checkpoints_total_limit", type=positive_int, default=2, help="keep only the last K checkpoints")
+    add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
+    add("--report_to", default="none", help="tensorboard, wandb, ... or all (accelerate trackers)")
+    add("--logging_steps", type=positive_int, default=10)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", help="Hub repo id for --push_to_hub")
+    add("--hub_private", action="store_true")
+    args = parser.parse_args(argv)
+    if args.dataset and not (args.model and args.stage):
+        parser.error("--dataset needs --model (a built VLM) and --stage")
+    if (args.model or args.stage) and not args.dataset:
+        parser.error("--model and --stage train on a --dataset; leave all three out for the demo")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if args.overwrite and args.resume_from_checkpoint:
+        parser.error("--overwrite deletes the run that --resume_from_checkpoint would continue; give one of them")
+    args.recipe = args.recipe or ("llava15" if args.dataset else "demo")
+    return args
+
+
+def stage_options(args, stage: str) -> argparse.Namespace:
+    """The options of one stage: the command line's, the recipe's for that stage where it left them unset."""
+    options = argparse.Namespace(**vars(args))
+    explicit = apply_recipe(options, VLM_RECIPES[args.recipe][stage])
+    if {"per_device_batch_size", "global_batch_size"} <= explicit:
+        raise UserError("give --per_device_batch_size or --global_batch_size, not both")
+    return options
+
+
+def load_vlm(name: str):
+    """A vision-language model (`AutoModelForImageTextToText`) and its processor, or one clear error."""
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path_or_repo_id(name, "--model"))
+        processor = AutoProcessor.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--model {name}: {str(error).strip().splitlines()[0]}") from None
+    if not any(module.endswith("multi_modal_projector") for module, _ in model.named_modules()):
+        raise UserError(f"--model {name} ({type(model).__name__}) is not a LLaVA-style model; build one first.")
+    return model, processor
+
+
+def freeze(model, stage: str, unfreeze_vision: bool) -> int:
+    """Train the projector (align), or projector and language model (instruct, and the vision tower if asked);
+    returns the number of trainable parameters."""
+    trained = {"align": ("multi_modal_projector",), "instruct": ("multi_modal_projector", "language_model", "lm_head")}
+    trained = trained[stage] + (("vision_tower",) if stage == "instruct" and unfreeze_vision else ())
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(part in name for part in trained))
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def run_stage(options, stage: str, model, processor, conversations: list[Conversation], source: str) -> dict:
+    """One stage, as its own run in `options.output_dir`: returns its results."""
+    accelerator = make_accelerator(options)
+    set_seed(options.seed)
+    trainable = freeze(model, stage, options.unfreeze_vision)
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    data = ConversationDataset(conversations, ConversationEncoder(processor, model.config.image_seq_length))
+    plan = BatchPlan.build(
+        accelerator.num_processes,
+        options.gradient_accumulation_steps,
+        options.per_device_batch_size,
+        options.global_batch_size,
+        len(data),
+        options.max_steps,
+        options.num_epochs,
+        options.warmup_ratio,
+    )
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=plan.per_device_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=partial(collate_conversations, pad_token_id=processor.tokenizer.pad_token_id),
+        num_workers=options.num_workers,
+    )
+    fingerprint = {
+        "model": source,
+        "stage": stage,
+        "dataset": options.dataset,
+        "unfreeze_vision": options.unfreeze_vision,
+        "global_batch_size": plan.global_batch_size,
+        "seed": options.seed,
+        "max_steps": plan.max_steps,
+        "learning_rate": options.learning_rate,
+    }
+    run = Run(accelerator, options.output_dir, fingerprint, options.checkpoints_total_limit)
+    resume_from = run.start(vars(options), options.resume_from_checkpoint, options.overwrite)
+    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
+    training = prepare_training(accelerator, run, model, optimizer, data, loader, plan, resume_from)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(f"vlm-{stage}", config=plain_options(options))
+    logger.info(
+        f"Stage {stage}: {trainable:,} trainable parameters, {plan.max_steps} steps of {plan.global_batch_size} "
+        f"conversations on {plan.num_processes} process(es); warm-up {plan.warmup_steps} steps."
+    )
+    loss = train(options, stage, training, plan, run, accelerator)
+    results = finish(options, stage, training, processor, plan, run, accelerator, source, loss)
+    accelerator.end_training()
+    return results
+
+
+def train(options, stage: str, training: Training, plan: BatchPlan, run: Run, accelerator) -> float:
+    """The loop: micro-batches until `plan.max_steps` optimizer steps; returns the last logged loss."""
+    state = training.state
+    progress = tqdm(total=plan.max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
+    progress.set_description(stage)
+    clock, steps_at_start = time.perf_counter(), state.global_step
+    training.module.train()
+    loss = torch.tensor(float("nan"))
+    for batch in batches(accelerator, training.loader, training.data, state):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        with accelerator.accumulate(training.module):
+            loss = training.module(**batch).loss
+            accelerator.backward(loss)
+            training.optimizer.step()
+            training.optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        training.scheduler.step()
+        state.global_step += 1
+        progress.update(1)
+        if run.is_logging_step(state, plan, options.logging_steps):
+            rate = (state.global_step - steps_at_start) * plan.global_batch_size / (time.perf_counter() - clock)
+            progress.set_postfix(loss=f"{loss.item():.4f}", conv_s=f"{rate:.0f}")
+            logs = {"loss": loss.item(), "learning_rate": training.scheduler.get_last_lr()[0], "epoch": state.epoch}
+            run.log({**logs, "conversations_per_second": rate}, state.global_step)
+        if run.end_step(state, plan, options.checkpointing_steps):
+            break
+    progress.close()
+    return accelerator.reduce(loss.detach(), reduction="mean").item()
+
+
+def finish(options, stage, training: Training, processor, plan, run: Run, accelerator, source, loss) -> dict:
+    """Save the model with its processor and card, write `eval_results.json`, and push when asked."""
+    results = {
+        "stage": stage,
+        "global_step": training.state.global_step,
+        "num_processes": plan.num_processes,
+        "global_batch_size": plan.global_batch_size,
+        "final_loss": loss,
+        "seed": options.seed,
+    }
+    state_dict = accelerator.get_state_dict(training.module)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(training.module)
+        provenance = (
+            f"Trained from `{source}` with `examples/train_vlm.py --stage {stage}` ({options.recipe} recipe) on "
+            f"{options.dataset or 'the demo conversations about scenes of shapes'} for {training.state.global_step} "
+            f"steps of {plan.global_batch_size} conversations"
+            + ("; the vision tower trained too." if stage == "instruct" and options.unfreeze_vision else ".")
+        )
+        with run.model_folder() as staging:
+            model.save_pretrained(staging, state_dict=state_dict)
+            processor.save_pretrained(staging)
+            (staging / "README.md").write_text(vlm_card(model, provenance), encoding="utf-8")
+        results["args"] = plain_options(options, with_none=True)
+        run.write_results(results)
+        logger.info(f"Saved the {stage} model to {run.output_dir / 'model'}")
+    if options.push_to_hub:
+        run.push(options.hub_model_id, options.hub_private)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def demo_model(output_dir: Path) -> Path:
+    """The demo's untrained VLM: the demo DiffCLIP (pretrained first if absent) and a tiny language model that has
+    read the demo's text, joined by `build_llava`. Built by the main process; the path of its folder."""
+    state = PartialState()
+    folder = output_dir / "vlm-untrained"
+    with state.main_process_first():
+        if state.is_main_process and not (folder / "config.json").is_file():
+            if not (DEMO_DIFFCLIP / "config.json").is_file():
+                logger.info(f"No demo DiffCLIP in {DEMO_DIFFCLIP}: pretraining it first (examples/pretrain.py).")
+                pretrain = Path(__file__).with_name("pretrain.py")
+                subprocess.run([sys.executable, str(pretrain), "--output_dir", str(DEMO_DIFFCLIP.parent)], check=True)
+            language_model, tokenizer = tiny_language_model(scenes.vocabulary())
+            pretrain_language_model(language_model, tokenizer, scenes.language_texts(2000), steps=300)
+            with atomic_directory(output_dir / "language-model", overwrite=True) as staging:
+                language_model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+            model, processor = build_llava(str(DEMO_DIFFCLIP), str(output_dir / "language-model"))
+            provenance = "The demo's: the DiffCLIP of examples/pretrain.py and a tiny Llama that read the demo's text."
+            save_vlm(model, processor, folder, provenance, overwrite=True)
+    return folder
+
+
+def demo_pope(model_folder: Path, output_dir: Path) -> list[dict]:
+    """POPE on held-out scenes: its three splits built from their annotations, answered by the trained model."""
+    images = output_dir / "pope" / "images"
+    annotations = scenes.write_scenes("test", DEMO_SCENES["test"], images)
+    files = pope.write_pope_splits(
+        pope.build_pope_splits(annotations, num_images=DEMO_SCENES["test"], objects_per_image=1), output_dir / "pope"
+    )
+    model, processor = pope.load_vlm(str(model_folder), PartialState().device, dtype="float32")
+    records = []
+    for path in files:
+        split = pope.read_questions(path)
+        answers = pope.answer_questions(model, processor, split.questions, images, max_new_tokens=4)
+        records.append(pope.pope_record(str(model_folder), model.config.model_type, split, answers))
+    return records
+
+
+def demo(args) -> dict:
+    """The whole vision-language demo: build, align, instruct, POPE."""
+    output_dir = Path(args.output_dir)
+    model_folder = demo_model(output_dir)
+    results = {}
+    for stage in ("align", "instruct"):
+        options = stage_options(args, stage)
+        options.output_dir = str(output_dir / stage)
+        options.push_to_hub = args.push_to_hub and stage == "instruct"  # the finished model only
+        model, processor = load_vlm(str(model_folder))
+        with PartialState().main_process_first():  # the main process writes the data, the others read it
+            if PartialState().is_main_process:
+                scenes.write_conversations(stage, DEMO_SCENES[stage], output_dir / "scenes" / stage)
+        conversations = load_conversations(str(output_dir / "scenes" / stage / "conversations.json"))
+        results[stage] = run_stage(options, stage, model, processor, conversations, str(model_folder))
+        model_folder = output_dir / stage / "model"
+    if PartialState().is_main_process:
+        records = demo_pope(model_folder, output_dir)
+        results["pope"] = {record["split"]: record["metrics"] for record in records}
+        print(pope.results_table(records))
+        atomic_write_text(output_dir / "pope" / "results.json", json.dumps(records, indent=2))  # for compare.py
+        atomic_write_text(output_dir / "eval_results.json", json.dumps(results, indent=2, default=str))
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    if args.push_to_hub:  # before any work, not after it
+        check_can_push(args.hub_model_id)
+    if args.dataset is None:
+        return demo(args)
+    options = stage_options(args, args.stage)
+    model, processor = load_vlm(args.model)
+    conversations = load_conversations(args.dataset, args.image_folder, args.dataset_split)
+    return run_stage(options, args.stage, model, processor, conversations, args.model)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,33 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""Configuration of a LLaVA whose vision tower is a DiffCLIP vision tower.
+
+Transformers' `llava` config resolves its vision config through `AutoConfig`, which knows `diffclip_vision_model`
+only where this package is imported. This model type of its own names the vision config's class directly, so a
+saved folder (which carries this file) loads with `trust_remote_code=True` anywhere.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, LlavaConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_diffclip import DiffCLIPVisionConfig
+
+
+@strict
+class DiffCLIPLlavaConfig(LlavaConfig):
+    r"""
+    A [`~transformers.LlavaConfig`] with a [`DiffCLIPVisionConfig`] vision tower and any causal language model
+    (`text_config`, resolved by `AutoConfig`). The fields are LLaVA's: `image_token_index`, `image_seq_length`
+    (patches of the vision tower, class token dropped by `vision_feature_select_strategy="default"`),
+    `vision_feature_layer` (-2: the penultimate layer, as LLaVA-1.5), `projector_hidden_act` (the two-layer GELU
+    projector, `mlp2x_gelu`).
+    """
+
+    model_type = "diffclip_llava"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=DiffCLIPVisionConfig),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+
+__all__ = ["DiffCLIPLlavaConfig"]

@@ -1,0 +1,31 @@
+# Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
+"""LLaVA with a DiffCLIP vision tower: Transformers' `LlavaForConditionalGeneration` on a [`DiffCLIPLlavaConfig`].
+
+LLaVA builds its vision tower with `AutoModel.from_config(vision_config)`. This file is copied next to every saved
+DiffCLIP-LLaVA and runs there without the package (`trust_remote_code=True`), so the model registers the DiffCLIP
+vision tower with `AutoModel` itself before LLaVA's constructor asks for it.
+"""
+
+from transformers import AutoModel, LlavaForConditionalGeneration
+
+from .configuration_diffclip_llava import DiffCLIPLlavaConfig
+from .modeling_diffclip import DiffCLIPVisionModel
+
+
+class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """
+    LLaVA-1.5 with a DiffCLIP vision tower: `forward(input_ids (batch, seq), pixel_values (batch, 3, size, size),
+    attention_mask, labels)` returns `logits` (batch, seq, vocab) and, with `labels`, the language-modelling loss;
+    every `<image>` token of `input_ids` is replaced by one projected patch feature of the vision tower's layer
+    `vision_feature_layer` (`image_seq_length` of them per image). Generation as any `LlavaForConditionalGeneration`.
+    """
+
+    config: DiffCLIPLlavaConfig
+
+    def __init__(self, config: DiffCLIPLlavaConfig):
+        # The class of this very config: a folder loaded with trust_remote_code may hold two copies of its module.
+        AutoModel.register(type(config.vision_config), DiffCLIPVisionModel, exist_ok=True)
+        super().__init__(config)
+
+
+__all__ = ["DiffCLIPLlavaForConditionalGeneration"]
