@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from torch import nn
 
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPModel
@@ -63,3 +64,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def cap_logit_scale(accelerator, model: DiffCLIPModel) -> None:
+    """The paper's cap on the temperature after each step: logit scale at most 100. Under DeepSpeed ZeRO the optimizer
+    keeps its own fp32 copy of every parameter and writes it back after each step, so that copy is capped too (not
+    run here: DeepSpeed does not train on this project's CPU machines, see examples/configs/deepspeed_zero2.yaml)."""
+    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+        master = safe_get_full_fp32_param(model.logit_scale)
+        safe_set_full_fp32_param(model.logit_scale, master.clamp(0, MAX_LOGIT_SCALE))

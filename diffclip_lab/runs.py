@@ -116,7 +116,9 @@ class TrainingState:
 
 def make_accelerator(args) -> Accelerator:
     """The Accelerator of a training script's options (`gradient_accumulation_steps`, `mixed_precision`, `report_to`,
-    `output_dir`, `seed`); a launch whose processes would each train alone is refused."""
+    `output_dir`, `seed`). Refused: a launch whose processes would each train alone, and machines that launched
+    different numbers of processes (torch's rendezvous would join them into a world of another size)."""
+    check_launch()
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -127,10 +129,24 @@ def make_accelerator(args) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise UserError(
-            f"{launched} processes were launched but each trains alone: on a CPU-only machine launch with "
-            "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..."
+            f"{launched} processes were launched but each trains alone: on a CPU-only machine set "
+            "ACCELERATE_USE_CPU=true (ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ..., "
+            "or before torchrun)"
         )
     return accelerator
+
+
+def check_launch() -> None:
+    """A multi-machine launch must have as many processes on every machine: each process checks that the world is
+    its machine's processes times the machines."""
+    world, machines = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if world != here * machines:
+        raise UserError(
+            f"the {machines} machines launched different numbers of processes ({here} on machine "
+            f"{os.environ.get('GROUP_RANK', '?')}, {world} in all): give every machine the same --num_processes "
+            "(the total over all machines) and --num_machines."
+        )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from transformers import AutoConfig
 
 from diffclip_lab import shapes
 from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
-from diffclip_lab.contrastive import MAX_LOGIT_SCALE, DualEncoderForTraining, contrastive_loss, parameter_groups
+from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
 from diffclip_lab.data import (
     Collator,
     ExampleEncoder,
@@ -255,8 +255,7 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
         if not accelerator.sync_gradients:
             continue
         training.scheduler.step()
-        with torch.no_grad():  # the paper's cap on the temperature: logit scale at most 100
-            accelerator.unwrap_model(training.module).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        cap_logit_scale(accelerator, accelerator.unwrap_model(training.module).model)
         state.global_step += 1
         state.skipped += skipped_in_step
         state.images_seen += plan.global_batch_size - skipped_in_step
