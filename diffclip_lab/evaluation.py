@@ -290,6 +290,11 @@ def train_validation_features(encoder, options: EvalOptions, cache):
             if options.validation_split:
                 raise
     fit, held_out = split_train_validation(train[1].tolist())
+    if not held_out:
+        raise UserError(
+            f"{options.dataset}:{options.train_split} has too few images per class for a validation share (20 % of "
+            "each class, so at least 5 per class): give more, or a --validation_split."
+        )
     return (train[0][fit], train[1][fit]), (train[0][held_out], train[1][held_out]), f"20% of {options.train_split}"
 
 

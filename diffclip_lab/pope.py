@@ -30,6 +30,7 @@ import modeling_diffclip
 
 from .cli import UserError
 from .files import atomic_write_text
+from .shapes import article
 from .tables import markdown_table
 
 
@@ -340,8 +341,7 @@ def read_object_annotations(path: str | os.PathLike) -> list[tuple[str, list[str
 def question_text(object_name: str) -> str:
     """'Is there a {object} in the image?', with 'an' before a name starting with a lower-case vowel, as in the
     released files ("Is there an orange in the image?")."""
-    article = "an" if object_name[0] in "aeiou" else "a"
-    return f"Is there {article} {object_name} in the image?"
+    return f"Is there {article(object_name)} in the image?"
 
 
 def build_pope_splits(

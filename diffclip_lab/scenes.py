@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from .files import atomic_write_text
-from .shapes import CLASSNAMES, COLORS, SHAPES, cluttered_background, draw_shape
+from .shapes import CLASSNAMES, COLORS, SHAPES, article, cluttered_background, draw_shape
 
 
 IMAGE_SIZE = 32
@@ -57,10 +57,6 @@ def render_scene(rng: random.Random, image_size: int = IMAGE_SIZE) -> tuple[Imag
         cy = row * cell + rng.uniform(radius, cell - radius)
         draw_shape(image, rng, name, cx, cy, radius)
     return image, objects
-
-
-def article(name: str) -> str:
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def caption(objects: list[str]) -> str:

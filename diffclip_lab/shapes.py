@@ -89,8 +89,11 @@ def cluttered_background(rng: random.Random, image_size: int) -> Image.Image:
     return image
 
 
-def draw_shape(image: Image.Image, rng: random.Random, classname: str, cx: float, cy: float, radius: float) -> None:
-    """One shape of `classname` ("red circle") centred at (cx, cy), its colour jittered a little."""
+def draw_shape(
+    image: Image.Image, rng: random.Random, classname: str, cx: float, cy: float, radius: float, turn: float = 0.0
+) -> None:
+    """One shape of `classname` ("red circle") centred at (cx, cy), its colour jittered a little, turned by `turn`
+    radians from upright (a triangle upside down: `turn=math.pi`)."""
     color, shape = classname.split(" ")
     draw = ImageDraw.Draw(image)
     fill = tuple(min(255, max(0, c + rng.randrange(-20, 21))) for c in COLORS[color])
@@ -99,12 +102,12 @@ def draw_shape(image: Image.Image, rng: random.Random, classname: str, cx: float
     else:
         # upright, tilted by at most ±15°: the demo's few minutes of training need not learn rotation invariance
         upright = -math.pi / 2 if shape in ("triangle", "star") else 0.0
-        draw.polygon(_polygon(shape, cx, cy, radius, upright + rng.uniform(-0.26, 0.26)), fill=fill)
+        draw.polygon(_polygon(shape, cx, cy, radius, upright + turn + rng.uniform(-0.26, 0.26)), fill=fill)
 
 
-def render(rng: random.Random, image_size: int) -> tuple[Image.Image, str, int]:
-    """One image, its caption and its class index."""
-    label = rng.randrange(len(CLASSNAMES))
+def render(rng: random.Random, image_size: int, label: int | None = None) -> tuple[Image.Image, str, int]:
+    """One image, its caption and its class index (drawn at random unless given)."""
+    label = rng.randrange(len(CLASSNAMES)) if label is None else label
     color, shape = CLASSNAMES[label].split(" ")
     image = cluttered_background(rng, image_size)
     radius = rng.uniform(0.24, 0.4) * image_size
@@ -138,3 +141,78 @@ def load_shapes(split: str, num_examples: int, image_size: int = 48, cache_dir: 
         cache_dir=cache_dir,
         split=datasets.Split.TRAIN if split == "train" else datasets.Split.TEST,
     )
+
+
+# MMVP-style pairs: two images that differ in one property only, and a statement for each.
+PAIR_PROPERTIES = ("colour", "position", "size", "count", "orientation")
+QUADRANT_NAMES = {(0, 0): "top left", (1, 0): "top right", (0, 1): "bottom left", (1, 1): "bottom right"}
+
+
+def article(name: str) -> str:
+    """'a red circle', 'an orange star'."""
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def render_pair(
+    rng: random.Random, prop: str, image_size: int
+) -> tuple[tuple[Image.Image, Image.Image], tuple[str, str]]:
+    """Two images on the same background that differ in `prop` (one of PAIR_PROPERTIES), and a statement for each."""
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    background = cluttered_background(rng, image_size)
+    images = (background.copy(), background.copy())
+    centre, half = image_size / 2, image_size / 2
+    jitter = image_size * 0.06
+
+    def centred() -> tuple[float, float]:
+        return centre + rng.uniform(-jitter, jitter), centre + rng.uniform(-jitter, jitter)
+
+    if prop == "colour":
+        other = rng.choice([c for c in COLORS if c != color])
+        radius, (cx, cy) = rng.uniform(0.28, 0.36) * image_size, centred()
+        for image, name in zip(images, (color, other), strict=True):
+            draw_shape(image, rng, f"{name} {shape}", cx, cy, radius)
+        return images, (article(f"{color} {shape}"), article(f"{other} {shape}"))
+    if prop == "size":
+        cx, cy = centred()
+        for image, scale in zip(images, (rng.uniform(0.18, 0.24), rng.uniform(0.36, 0.42)), strict=True):
+            draw_shape(image, rng, f"{color} {shape}", cx, cy, scale * image_size)
+        return images, (f"a small {color} {shape}", f"a large {color} {shape}")
+    if prop == "orientation":
+        radius, (cx, cy) = rng.uniform(0.28, 0.36) * image_size, centred()
+        for image, turn in zip(images, (0.0, math.pi), strict=True):
+            draw_shape(image, rng, f"{color} triangle", cx, cy, radius, turn=turn)
+        return images, (article(f"{color} triangle pointing up"), article(f"{color} triangle pointing down"))
+    # position and count place shapes in quadrants
+    radius = rng.uniform(0.15, 0.2) * image_size
+
+    def in_quadrant(image: Image.Image, quadrant: tuple[int, int]) -> None:
+        x = quadrant[0] * half + half / 2 + rng.uniform(-jitter, jitter) / 2
+        y = quadrant[1] * half + half / 2 + rng.uniform(-jitter, jitter) / 2
+        draw_shape(image, rng, f"{color} {shape}", x, y, radius)
+
+    first, second = rng.sample(list(QUADRANT_NAMES), 2)
+    if prop == "position":
+        in_quadrant(images[0], first)
+        in_quadrant(images[1], second)
+        return images, tuple(article(f"{color} {shape} in the {QUADRANT_NAMES[q]}") for q in (first, second))
+    if prop == "count":
+        in_quadrant(images[0], first)
+        in_quadrant(images[1], first)
+        in_quadrant(images[1], second)
+        return images, (f"one {color} {shape}", f"two {color} {_plural(shape)}")
+    raise ValueError(f"unknown property {prop!r}; one of {PAIR_PROPERTIES}")
+
+
+def render_objects(rng: random.Random, image_size: int, placed: list[tuple[str, tuple[int, int]]]) -> Image.Image:
+    """A cluttered image with each (classname, quadrant) of `placed` drawn in its quadrant."""
+    image, half = cluttered_background(rng, image_size), image_size / 2
+    for classname, (column, row) in placed:
+        radius = rng.uniform(0.3, 0.38) * half
+        cx = column * half + rng.uniform(radius, half - radius)
+        cy = row * half + rng.uniform(radius, half - radius)
+        draw_shape(image, rng, classname, cx, cy, radius)
+    return image

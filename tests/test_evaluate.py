@@ -196,6 +196,13 @@ def test_bad_input_gets_a_clear_message(models, data, tmp_path):
         run([str(vision_only)], "zeroshot", data["classification"], tmp_path)
     with pytest.raises(UserError, match="MMVP-VLM layout"):
         run(models[:1], "mmvp", data["classification"], tmp_path)
+    few = tmp_path / "two-per-class"  # 20 % of 2 images is none: no validation share to choose the cost on
+    split = {"image": [Image.new("RGB", (32, 32), (60 * i, 0, 0)) for i in range(4)], "label": [0, 0, 1, 1]}
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(split), "test": datasets.Dataset.from_dict(split)}
+    ).save_to_disk(str(few))
+    with pytest.raises(UserError, match="too few images per class for a validation share"):
+        run(models[:1], "linear_probe", few, tmp_path)
 
 
 def test_compare_prints_differences_and_draws_the_figures(models, data, tmp_path, capsys):
