@@ -10,7 +10,8 @@ Supported sources (`load_image_text_dataset`):
   `imagefolder` with a `metadata.jsonl`/`metadata.csv` caption column.
 
 Images are decoded here, not by `datasets`, so that a sample whose image does not decode, or whose caption is empty,
-is skipped and counted instead of stopping the run.
+is skipped and counted instead of stopping the run. Batches carry uint8 pixels, which the training loop normalises
+on the device (`model_inputs`); `image_text_loader` builds the training loader.
 """
 
 import io
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import datasets
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from PIL import Image, UnidentifiedImageError
 
 from .cli import UserError
@@ -134,8 +136,13 @@ def without_image_decoding(dataset, image_column: str):
     return dataset
 
 
-def decode_image(value) -> Image.Image | None:
-    """An RGB image from a PIL image, bytes, a path, or `datasets`' {"bytes", "path"} dict; None if it won't decode."""
+# what Pillow raises for bytes that are no image, or a truncated or corrupt one
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def open_image(value) -> Image.Image | None:
+    """An image from a PIL image, bytes, a path, or `datasets`' {"bytes", "path"} dict, with only its header read,
+    so that a JPEG can still be decoded at reduced size; None if it is not an image."""
     try:
         if isinstance(value, dict):
             value = value.get("bytes") or value.get("path")
@@ -143,12 +150,24 @@ def decode_image(value) -> Image.Image | None:
             value = Image.open(io.BytesIO(value))
         elif isinstance(value, (str, Path)):
             value = Image.open(value)
-        if not isinstance(value, Image.Image):
-            return None
-        value.load()
-        return value.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return value if isinstance(value, Image.Image) else None
+    except DECODE_ERRORS:
         return None
+
+
+def load_rgb(image: Image.Image) -> Image.Image | None:
+    """An opened image decoded, in RGB (an RGB image is not copied); None if it does not decode."""
+    try:
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except DECODE_ERRORS:
+        return None
+
+
+def decode_image(value) -> Image.Image | None:
+    """An RGB image from a PIL image, bytes, a path, or `datasets`' {"bytes", "path"} dict; None if it won't decode."""
+    image = open_image(value)
+    return None if image is None else load_rgb(image)
 
 
 def caption_text(value) -> str:
@@ -160,20 +179,36 @@ def caption_text(value) -> str:
 
 class ImageTransform:
     """
-    Resize the short side to `image_size` and crop a square, then normalise with `mean`/`std`: a centre crop (what
-    the model's image processor does), or with `crop_scale < 1` a random crop of a fraction of the area in
-    [crop_scale, 1] and aspect ratio in [3/4, 4/3] (SLIP's RandomResizedCrop).
+    Resize the short side to `image_size` and crop a square: a centre crop (what the model's image processor does),
+    or with `crop_scale < 1` a random crop of a fraction of the area in [crop_scale, 1] and aspect ratio in [3/4, 4/3]
+    (SLIP's RandomResizedCrop). The result is uint8 pixels, channels first; `normalize` turns them into the model's
+    inputs with `mean`/`std`, in the training loop on the device, so that the loader's workers hand over a quarter of
+    the bytes of float32 pixels.
+
+    A JPEG not yet decoded is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, `Image.draft`) when its
+    crop stays at least `draft_gap` × `image_size` on its short side at that size: decoding and resizing then cost a
+    fraction, and the pixels differ slightly from those of a full decoding (docs/performance.md, "Input pipeline").
+    `draft_gap=None` decodes every image in full.
     """
 
-    def __init__(self, image_size: int, mean, std, crop_scale: float = 1.0, resample=Image.BILINEAR):
+    def __init__(
+        self,
+        image_size: int,
+        mean,
+        std,
+        crop_scale: float = 1.0,
+        resample=Image.BILINEAR,
+        draft_gap: float | None = 2.0,
+    ):
         self.image_size = image_size
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.crop_scale = crop_scale
         self.resample = resample
+        self.draft_gap = draft_gap
 
     @classmethod
-    def for_processor(cls, image_processor, crop_scale: float = 1.0) -> "ImageTransform":
+    def for_processor(cls, image_processor, crop_scale: float = 1.0, **options) -> "ImageTransform":
         """The transform matching a CLIP image processor's size, resampling and normalisation."""
         return cls(
             image_processor.crop_size["height"],
@@ -181,9 +216,11 @@ class ImageTransform:
             image_processor.image_std,
             crop_scale,
             resample=int(image_processor.resample),
+            **options,
         )
 
-    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor | None:
+        """uint8 pixels (3, image_size, image_size) of an opened or decoded image; None if it does not decode."""
         width, height = image.size
         if self.crop_scale < 1 and rng is not None:
             area = width * height * rng.uniform(self.crop_scale, 1.0)
@@ -191,19 +228,42 @@ class ImageTransform:
             crop_w = min(width, round(math.sqrt(area * aspect)))
             crop_h = min(height, round(math.sqrt(area / aspect)))
             left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
-            image = image.resize(
-                (self.image_size, self.image_size), self.resample, box=(left, top, left + crop_w, top + crop_h)
-            )
+            box, resized = (left, top, left + crop_w, top + crop_h), (self.image_size, self.image_size)
         else:
             short, long = sorted((width, height))
             long = int(self.image_size * long / short)  # truncated, as the image processors do
+            box = (0, 0, width, height)
             resized = (self.image_size, long) if width <= height else (long, self.image_size)
-            if resized != image.size:
-                image = image.resize(resized, self.resample)
+        factor = self.draft(image, box)
+        if (image := load_rgb(image)) is None:
+            return None
+        if factor != 1 or resized != image.size or box != (0, 0, width, height):  # else: already the size asked
+            image = image.resize(resized, self.resample, box=tuple(edge * factor for edge in box))
+        if resized != (self.image_size, self.image_size):
             left, top = (resized[0] - self.image_size) // 2, (resized[1] - self.image_size) // 2
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-        return (pixels - self.mean) / self.std
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    def draft(self, image: Image.Image, box: tuple[int, int, int, int]) -> float:
+        """
+        Have a JPEG not yet decoded decode at the largest DCT reduction (1/2, 1/4, 1/8) that keeps `box` at least
+        `draft_gap` × `image_size` on its short side. Returns the factor from the image's pixels to the decoded ones:
+        that reduction, or 1 for an image decoded in full (no room, not a JPEG, or decoded already).
+        """
+        if not self.draft_gap:
+            return 1
+        room = min(box[2] - box[0], box[3] - box[1]) / (self.draft_gap * self.image_size)
+        reduction = next((r for r in (8, 4, 2) if r <= room), 1)
+        width, height = image.size
+        # Pillow picks the largest reduction within size // reduction; None for other formats and decoded images
+        drafted = image.draft(None, (width // reduction, height // reduction)) if reduction > 1 else None
+        return 1 if drafted is None else drafted[1][2] / width  # drafted: (mode, the full image in decoded pixels)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (..., 3, H, W) on any device as the model takes them: float32 scaled to [0, 1] and normalised
+        with `mean`/`std`, by the same operations in the same order wherever it runs, so the same numbers (in place:
+        one batch-sized allocation, not three)."""
+        return pixels.float().div_(255).sub_(self.mean.to(pixels.device)).div_(self.std.to(pixels.device))
 
 
 class Skipped(NamedTuple):
@@ -214,7 +274,8 @@ class Skipped(NamedTuple):
 
 
 class ExampleEncoder:
-    """Turns one raw example into model inputs (pixel values and caption text), or `Skipped`."""
+    """Turns one raw example into uint8 pixels and caption text, or `Skipped`; `model_inputs` finishes a collated
+    batch of them on the training device."""
 
     def __init__(self, image_column: str, caption_column: str, transform: ImageTransform, seed: int = 0):
         self.image_column, self.caption_column = image_column, caption_column
@@ -225,12 +286,19 @@ class ExampleEncoder:
         caption = caption_text(example.get(self.caption_column))
         if not caption:
             return Skipped(key, "empty caption")
-        image = decode_image(example.get(self.image_column))
-        if image is None:
-            return Skipped(key, "image does not decode")
         # augmentation drawn from (seed, epoch, index): the same whichever process, worker or resumed run loads it
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
-        return {"pixel_values": self.transform(image, rng), "caption": caption}
+        image = open_image(example.get(self.image_column))
+        pixels = None if image is None else self.transform(image, rng)
+        if pixels is None:
+            return Skipped(key, "image does not decode")
+        return {"pixel_values": pixels, "caption": caption}
+
+    def model_inputs(self, batch: dict, device) -> dict:
+        """A collated batch (its `skipped` names taken out) moved to `device`, its uint8 pixels normalised there."""
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
+        return batch
 
 
 class MapStyleImageText(torch.utils.data.Dataset):
@@ -247,6 +315,9 @@ class MapStyleImageText(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.encoder.epoch = epoch
+
+    def model_inputs(self, batch: dict, device) -> dict:
+        return self.encoder.model_inputs(batch, device)
 
 
 class StreamingImageText(torch.utils.data.IterableDataset):
@@ -266,6 +337,9 @@ class StreamingImageText(torch.utils.data.IterableDataset):
         self.encoder.epoch = epoch
         self.dataset.set_epoch(epoch)
 
+    def model_inputs(self, batch: dict, device) -> dict:
+        return self.encoder.model_inputs(batch, device)
+
 
 class Collator:
     """Stacks the examples that decoded and tokenizes their captions; counts and names the ones skipped."""
@@ -281,7 +355,7 @@ class Collator:
             return {
                 "input_ids": torch.zeros(0, self.context_length, dtype=torch.long),
                 "attention_mask": torch.zeros(0, self.context_length, dtype=torch.long),
-                "pixel_values": torch.zeros(0, 3, self.image_size, self.image_size),
+                "pixel_values": torch.zeros(0, 3, self.image_size, self.image_size, dtype=torch.uint8),
                 "num_skipped": num_skipped,
                 "skipped": skipped,
             }
@@ -295,7 +369,44 @@ class Collator:
         return {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "pixel_values": torch.stack([example["pixel_values"] for example in kept]),
+            # in a loader worker stacked straight into shared memory, which the training process then reads in place
+            "pixel_values": torch.utils.data.default_collate([example["pixel_values"] for example in kept]),
             "num_skipped": num_skipped,
             "skipped": skipped,
         }
+
+
+def image_text_loader(
+    raw: datasets.Dataset | datasets.IterableDataset,
+    image_column: str,
+    caption_column: str,
+    transform: ImageTransform,
+    tokenizer,
+    batch_size: int,
+    num_workers: int,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> tuple[MapStyleImageText | StreamingImageText, torch.utils.data.DataLoader]:
+    """
+    The training data (the loop sets its epoch and has it finish batches with `model_inputs`) and its loader:
+    decoding, augmentation, tokenization and collation in `num_workers` processes (0: in this one). A stream's shards
+    are split across the `world_size` training processes here, and shuffled in a buffer of `shuffle_buffer`
+    examples; a `datasets.Dataset` is reshuffled every epoch by the loader (which Accelerate splits), its last
+    incomplete batch dropped. `pin_memory` (for a GPU) lets batches be copied to the device asynchronously.
+    """
+    encoder = ExampleEncoder(image_column, caption_column, transform, seed=seed)
+    collate = Collator(tokenizer, tokenizer.model_max_length, transform.image_size)
+    if isinstance(raw, datasets.IterableDataset):
+        raw = split_dataset_by_node(raw, rank, world_size)
+        data = StreamingImageText(raw.shuffle(seed=seed, buffer_size=shuffle_buffer), encoder)
+        options = {}
+    else:
+        data = MapStyleImageText(raw, encoder)
+        options = dict(shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size, collate_fn=collate, num_workers=num_workers, pin_memory=pin_memory, **options
+    )
+    return data, loader
