@@ -328,19 +328,6 @@ SDPA_KERNELS = {
 FUSED_KERNELS = {"flash", "flash (CPU)", "memory-efficient", "cuDNN"}
 
 
-def randomise(module) -> None:
-    """λ vectors and RMSNorm weights away from their initial values, so that every term of the formula counts."""
-    import torch
-
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if "lambda_" in name:
-                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-            elif "diff_norm" in name:
-                parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
-
-
 @dataclass
 class Target:
     """What the backends are compared on: a module per backend (one set of weights), its inputs, and a step that
@@ -358,6 +345,7 @@ def layer_target(size: str, batch_size: int) -> Target:
     """One DiffCLIPAttention of ViT-B/16's vision width (768, 12 heads of 64, 197 tokens) or a tiny one."""
     import torch
 
+    from diffclip_lab.benchmarking import randomise
     from modeling_diffclip import DiffCLIPAttention, DiffCLIPVisionConfig
 
     width, heads, tokens = (768, 12, 197) if size == "full" else (64, 4, 17)
@@ -394,6 +382,7 @@ def model_target(batch_size: int) -> Target:
     contrastive loss."""
     import torch
 
+    from diffclip_lab.benchmarking import randomise
     from diffclip_lab.recipes import MODEL_CONFIGS
     from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 

@@ -158,6 +158,18 @@ def peak_memory(step: Callable[[], None], device: str) -> int:
     return tracker.peak
 
 
+def randomise(module: torch.nn.Module) -> None:
+    """λ vectors and RMSNorm weights away from their initial values, so that every term of the formula counts when
+    backends or implementations are compared."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "lambda_" in name:
+                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+            elif "diff_norm" in name:
+                parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
+
+
 def environment(device: str) -> dict:
     """The machine and software a result was measured on."""
     info = {

@@ -85,18 +85,13 @@ def model_card(
         'print(classify("image.jpg", candidate_labels=["a photo of a cat", "a photo of a dog"]))',
         "```",
         "",
-        "## Provenance",
-        "",
-        provenance,
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        PAPER_CITATION,
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + card_ending(provenance))
+
+
+def card_ending(provenance: str) -> list[str]:
+    """The last sections of every model card this project writes: where the weights come from, and the paper."""
+    return ["## Provenance", "", provenance, "", "## Citation", "", "```bibtex", PAPER_CITATION, "```", ""]
 
 
 def describe_variant(config: DiffCLIPConfig) -> str:

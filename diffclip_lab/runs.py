@@ -8,6 +8,7 @@ A run folder holds `run_config.json` (the run's fingerprint and settings), `chec
 the last K kept), `metrics.jsonl`, `logs/` (trackers), `model/` and `eval_results.json`.
 """
 
+import argparse
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from transformers import get_cosine_schedule_with_warmup
 
-from .cli import UserError
+from .cli import UserError, non_negative_int, positive_int
 from .files import atomic_directory, atomic_write_text
 from .publishing import push_folder_to_hub
 
@@ -112,6 +113,30 @@ class TrainingState:
 
     def load_state_dict(self, state: dict) -> None:
         vars(self).update(state)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every training script takes for what `make_accelerator`, `Run` and the loop do: precision, memory,
+    loader workers, checkpoints and resuming, trackers, the Hub."""
+    add = parser.add_argument
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
+    add("--gradient_checkpointing", action="store_true")
+    add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
+    add("--checkpointing_steps", type=positive_int, help="save the full training state every N steps")
+    add("--checkpoints_total_limit", type=positive_int, default=2, help="keep only the last K checkpoints")
+    add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
+    add("--report_to", default="none", help="tensorboard, wandb, ... or all (accelerate trackers)")
+    add("--logging_steps", type=positive_int, default=10)
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", help="Hub repo id for --push_to_hub")
+    add("--hub_private", action="store_true")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if args.overwrite and args.resume_from_checkpoint:
+        parser.error("--overwrite deletes the run that --resume_from_checkpoint would continue; give one of them")
 
 
 def make_accelerator(args) -> Accelerator:

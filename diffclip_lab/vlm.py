@@ -41,7 +41,7 @@ from modeling_diffclip import (
 
 from .cli import UserError
 from .files import atomic_directory, check_output_directory
-from .publishing import PAPER_CITATION
+from .publishing import card_ending
 
 
 IMAGE_TOKEN = "<image>"
@@ -216,18 +216,8 @@ def vlm_card(model, provenance: str) -> str:
         "print(chat(text=messages, max_new_tokens=20))",
         "```",
         "",
-        "## Provenance",
-        "",
-        provenance,
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        PAPER_CITATION,
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + card_ending(provenance))
 
 
 def build_and_save(

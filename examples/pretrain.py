@@ -17,19 +17,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from diffclip_lab import shapes
-from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
+from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main
 from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
 from diffclip_lab.data import (
-    Collator,
-    ExampleEncoder,
     ImageTransform,
-    MapStyleImageText,
-    StreamingImageText,
+    image_text_loader,
     load_image_text_dataset,
     resolve_columns,
     without_image_decoding,
@@ -42,7 +38,9 @@ from diffclip_lab.runs import (
     BatchPlan,
     Run,
     Training,
+    add_run_arguments,
     batches,
+    check_run_arguments,
     make_accelerator,
     plain_options,
     prepare_training,
@@ -101,26 +99,13 @@ def parse_args(argv=None):
     add("--adam_epsilon", type=float)
     add("--crop_scale", type=float, help="random crops of this fraction of the area or more; 1 = centre crop")
     add("--seed", type=int, default=0)
-    add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
-    add("--gradient_checkpointing", action="store_true")
     add("--torch_compile", action="store_true")
-    add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
-    add("--checkpointing_steps", type=positive_int, help="save the full training state every N steps")
-    add("--checkpoints_total_limit", type=positive_int, default=2, help="keep only the last K checkpoints")
-    add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
-    add("--report_to", default="none", help="tensorboard, wandb, ... or all (accelerate trackers)")
-    add("--logging_steps", type=positive_int, default=10)
-    add("--push_to_hub", action="store_true")
-    add("--hub_model_id", help="Hub repo id for --push_to_hub")
-    add("--hub_private", action="store_true")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     explicit = apply_recipe(args, PRETRAINING_RECIPES[args.recipe])
     if {"per_device_batch_size", "global_batch_size"} <= explicit:
         parser.error("give --per_device_batch_size or --global_batch_size, not both")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if args.overwrite and args.resume_from_checkpoint:
-        parser.error("--overwrite deletes the run that --resume_from_checkpoint would continue; give one of them")
+    check_run_arguments(parser, args)
     return args
 
 
@@ -176,25 +161,19 @@ def load_training_data(args, image_size: int, accelerator: Accelerator):
 
 def training_loader(args, raw, columns, plan: BatchPlan, processor, accelerator: Accelerator):
     """The dataset the loop sets the epoch of, and its loader: decoding, augmentation and tokenization in workers."""
-    image_size = processor.image_processor.crop_size["height"]
-    transform = ImageTransform.for_processor(processor.image_processor, args.crop_scale)
-    encoder = ExampleEncoder(*columns, transform, seed=args.seed)
-    collate = Collator(processor.tokenizer, processor.tokenizer.model_max_length, image_size)
-    if args.streaming:
-        raw = split_dataset_by_node(raw, accelerator.process_index, accelerator.num_processes)
-        data = StreamingImageText(raw.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer), encoder)
-        loader_options = {}
-    else:
-        data = MapStyleImageText(raw, encoder)
-        loader_options = dict(shuffle=True, drop_last=True)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_size=plan.per_device_batch_size,
-        collate_fn=collate,
-        num_workers=args.num_workers,
-        **loader_options,
+    return image_text_loader(
+        raw,
+        *columns,
+        ImageTransform.for_processor(processor.image_processor, args.crop_scale),
+        processor.tokenizer,
+        plan.per_device_batch_size,
+        args.num_workers,
+        seed=args.seed,
+        shuffle_buffer=args.shuffle_buffer,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        pin_memory=accelerator.device.type == "cuda",
     )
-    return data, loader
 
 
 def load_eval_split(args, image_size: int) -> EvalSplit | None:
@@ -244,7 +223,7 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
         for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
             logger.warning(f"Skipped sample {sample}", main_process_only=False)
             skips_logged += 1
-        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        batch = training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
         skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
         with accelerator.accumulate(training.module):
             image, text, logit_scale, lambdas = training.module(**batch)

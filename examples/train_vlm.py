@@ -33,7 +33,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab import pope, scenes
-from diffclip_lab.cli import UserError, non_negative_int, path_or_repo_id, positive_int, run_main
+from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main
 from diffclip_lab.contrastive import parameter_groups
 from diffclip_lab.files import atomic_directory, atomic_write_text
 from diffclip_lab.publishing import check_can_push
@@ -42,7 +42,9 @@ from diffclip_lab.runs import (
     BatchPlan,
     Run,
     Training,
+    add_run_arguments,
     batches,
+    check_run_arguments,
     make_accelerator,
     plain_options,
     prepare_training,
@@ -90,26 +92,13 @@ def parse_args(argv=None):
     add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
     add("--max_length", type=positive_int, help="refuse conversations longer than this many tokens")
     add("--seed", type=int, default=0)
-    add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
-    add("--gradient_checkpointing", action="store_true")
-    add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
-    add("--checkpointing_steps", type=positive_int, help="save the full training state every N steps")
-    add("--checkpoints_total_limit", type=positive_int, default=2, help="keep only the last K checkpoints")
-    add("--resume_from_checkpoint", help="a checkpoint folder, or 'latest' in --output_dir")
-    add("--report_to", default="none", help="tensorboard, wandb, ... or all (accelerate trackers)")
-    add("--logging_steps", type=positive_int, default=10)
-    add("--push_to_hub", action="store_true")
-    add("--hub_model_id", help="Hub repo id for --push_to_hub")
-    add("--hub_private", action="store_true")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.dataset and not (args.model and args.stage):
         parser.error("--dataset needs --model (a built VLM) and --stage")
     if (args.model or args.stage) and not args.dataset:
         parser.error("--model and --stage train on a --dataset; leave all three out for the demo")
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if args.overwrite and args.resume_from_checkpoint:
-        parser.error("--overwrite deletes the run that --resume_from_checkpoint would continue; give one of them")
+    check_run_arguments(parser, args)
     args.recipe = args.recipe or ("llava15" if args.dataset else "demo")
     return args
 

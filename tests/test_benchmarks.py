@@ -8,24 +8,13 @@ from conftest import load_script, tiny_config_kwargs
 from test_attention import causal_padding_mask, make_attention
 from transformers.masking_utils import create_causal_mask
 
-from diffclip_lab.benchmarking import peak_memory
+from diffclip_lab.benchmarking import peak_memory, randomise
 from diffclip_lab.official import reference_from, to_official_state_dict
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
 
 
 bench_attention = load_script("benchmarks/bench_attention.py")
 bench_model = load_script("benchmarks/bench_model.py")
-
-
-def randomise(module: torch.nn.Module) -> None:
-    """λ vectors and norm weights away from their initial values, so that every term of the formula matters."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if "lambda_" in name:
-                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-            elif "diff_norm" in name:
-                parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
 
 
 def assert_grads_close(actual: dict, expected: dict):

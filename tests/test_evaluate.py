@@ -13,6 +13,7 @@ from eval_fixtures import (
     CLASSNAMES,
     MMVP_CATEGORIES,
     MMVP_PAIRS,
+    RECORD_KEYS,
     TEMPLATES,
     colour_image,
     write_clip_benchmark_classification,
@@ -30,21 +31,6 @@ from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, 
 
 evaluate = load_script("examples/evaluate.py")
 compare = load_script("examples/compare.py")
-
-
-RECORD_KEYS = {
-    "model",
-    "model_type",
-    "dataset",
-    "split",
-    "task",
-    "protocol",
-    "main_metric",
-    "metrics",
-    "counts",
-    "versions",
-    "date",
-}
 
 
 @pytest.fixture(scope="module")

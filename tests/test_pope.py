@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_script, run_script
+from eval_fixtures import RECORD_KEYS
 from PIL import Image
 
 from diffclip_lab.cli import UserError
@@ -26,20 +27,8 @@ from diffclip_lab.reports import pope_table
 evaluate_pope = load_script("examples/evaluate_pope.py")
 compare = load_script("examples/compare.py")
 
-RECORD_KEYS = {
-    "model",
-    "model_type",
-    "dataset",
-    "split",
-    "task",
-    "protocol",
-    "main_metric",
-    "metrics",
-    "counts",
-    "versions",
-    "date",
-    "answers",
-}
+# what every evaluation record holds, and the answers of each question
+POPE_RECORD_KEYS = RECORD_KEYS | {"answers"}
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -442,7 +431,7 @@ def test_evaluate_pope_end_to_end(tiny_llavas, pope_data, tmp_path, capsys):
     processor = AutoProcessor.from_pretrained(tiny_llavas[0])
     predictions = []
     for record, path in zip(records, splits.values(), strict=True):
-        assert set(record) == RECORD_KEYS
+        assert set(record) == POPE_RECORD_KEYS
         assert (record["task"], record["main_metric"], record["model_type"]) == ("pope", "accuracy", "llava")
         assert record["dataset"] == str(path)
         questions = [json.loads(line) for line in path.read_text().splitlines()]

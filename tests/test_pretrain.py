@@ -25,6 +25,8 @@ PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")
 NUM_SAMPLES, BAD_KEYS = 48, {"000005": "corrupt image", "000030": "corrupt image", "000017": "empty caption"}
 COMMON = ["--max_steps", "12", "--logging_steps", "1", "--num_workers", "0", "--learning_rate", "1e-3"]
 # the reference run, and the run killed and resumed, which must end with the same model
+# two processes of 4 samples per step for 6 steps: one epoch of the two shards of 24
+STREAMED = ["--streaming", "--per_device_batch_size", 4, "--max_steps", 6, "--num_workers", 0]
 CHECKPOINTED = ["--per_device_batch_size", 8, "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON]
 
 
@@ -196,20 +198,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_model(webdataset, one_pro
 
 def test_streaming_splits_shards_across_processes(webdataset, tmp_path):
     output = tmp_path / "streamed"
-    launch(
-        "--dataset",
-        webdataset,
-        "--streaming",
-        "--output_dir",
-        output,
-        "--per_device_batch_size",
-        4,
-        "--max_steps",
-        6,
-        "--num_workers",
-        "0",
-        processes=2,
-    )
+    launch("--dataset", webdataset, "--output_dir", output, *STREAMED, processes=2)
     results = json.loads((output / "eval_results.json").read_text())
     # one epoch: each process reads its own shard of 24, so every broken sample is met exactly once
     assert results["skipped_samples"] == len(BAD_KEYS)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, accelerate_launch, run_metrics
 from safetensors.torch import load_file
-from test_pretrain import BAD_KEYS, CHECKPOINTED, COMMON, PRETRAIN, write_webdataset
+from test_pretrain import BAD_KEYS, CHECKPOINTED, COMMON, PRETRAIN, STREAMED, write_webdataset
 
 
 pytestmark = pytest.mark.slow  # every test runs `accelerate launch`
@@ -89,19 +89,7 @@ def test_two_machines_train_like_one_process_checkpoint_once_and_resume(webdatas
 
 def test_a_stream_gives_each_machine_its_own_samples(webdataset, tmp_path):
     output = tmp_path / "streamed"
-    train_on_two_machines(
-        "--dataset",
-        webdataset,
-        "--streaming",
-        "--output_dir",
-        output,
-        "--per_device_batch_size",
-        4,
-        "--max_steps",
-        6,
-        "--num_workers",
-        0,
-    )
+    train_on_two_machines("--dataset", webdataset, "--output_dir", output, *STREAMED)
     results = json.loads((output / "eval_results.json").read_text())
     # one epoch of 48 samples over the two machines' shards: every broken sample met exactly once
     assert results["skipped_samples"] == len(BAD_KEYS)
