@@ -15,6 +15,7 @@ from functools import partial
 import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
@@ -421,6 +422,15 @@ class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassi
             super().__init__(config)
         self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
         self.post_init()
+
+
+# Transformers renames checkpoint keys by class name: CLIP's bare towers drop the dual encoder's `vision_model.` or
+# `text_model.` prefix, so that they load a CLIPModel checkpoint. DiffCLIP's towers get the same renaming; without it
+# they would load a DiffCLIPModel checkpoint as random weights. (Re-registered when trust_remote_code imports a copy.)
+for _tower, _clip_tower in ((DiffCLIPVisionModel, CLIPVisionModel), (DiffCLIPTextModel, CLIPTextModel)):
+    register_checkpoint_conversion_mapping(
+        _tower.__name__, get_checkpoint_conversion_mapping(_clip_tower.__name__), overwrite=True
+    )
 
 
 __all__ = [
