@@ -133,17 +133,28 @@ def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Pa
         metrics = {record["main_metric"] for record in task_records}
         datasets = sorted(values)
         width = 0.8 / len(models)
-        figure, axes = plt.subplots(figsize=(max(4.5, 1.2 * len(datasets) * len(models)), 3.8))
+        # wider with more bars, up to a page; many narrow bars get upright labels and colours that do not repeat
+        crowded = len(models) > 4
+        figure, axes = plt.subplots(figsize=(min(16.0, max(4.5, 1.2 * len(datasets) * len(models))), 3.8))
+        colours = plt.get_cmap("tab20").colors if len(models) > 10 else [None] * len(models)
         for index, model in enumerate(models):
             heights = [values[d].get(model, 0.0) for d in datasets]
             spread = [errors[d].get(model, 0.0) for d in datasets]
             positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
-            bars = axes.bar(positions, heights, width, label=names[model], yerr=spread if any(spread) else None)
-            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+            bars = axes.bar(
+                positions,
+                heights,
+                width,
+                label=names[model],
+                yerr=spread if any(spread) else None,
+                color=colours[index % len(colours)],
+            )
+            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if crowded else 0)
         axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
         axes.set_ylabel(" / ".join(METRIC_LABELS.get(metric, metric) for metric in sorted(metrics)))
         highest = max(max(v.values()) for v in values.values())
-        axes.set_ylim(0, min(1.12, max(0.05, 1.2 * highest)))  # room for the labels above the bars
+        headroom = 1.4 if crowded else 1.2  # room for the labels above the bars
+        axes.set_ylim(0, min(1.12 * headroom / 1.2, max(0.05, headroom * highest)))
         axes.set_title(task.replace("_", " ") + (" (bars: 95 % interval)" if task == "few_shot" else ""))
         axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(models), 4))
         figure.tight_layout()

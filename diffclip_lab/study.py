@@ -382,7 +382,8 @@ def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) ->
     """Grouped bars, one group per task and dataset, one bar per variant: the mean over seeds, the error bar one
     standard deviation."""
     width = 0.8 / len(variants)
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) * len(variants) + 1.5), 4.2))
+    # wider with more bars, up to what a page shows at a readable scale
+    figure, axes = plt.subplots(figsize=(min(14.0, max(6.0, 0.55 * len(rows) * len(variants) + 1.5)), 4.2))
     for index, variant in enumerate(variants):
         stats = [mean_std(r.values[variant]) if variant in r.values else (math.nan, None) for r in rows]
         positions = [x + (index - (len(variants) - 1) / 2) * width for x in range(len(rows))]
@@ -399,8 +400,9 @@ def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) ->
     )
     axes.set_ylabel("score (%), mean ± sd over seeds")
     axes.set_ylim(0, 105)
-    axes.set_title(title)
-    axes.legend(fontsize=8, ncol=len(variants), loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    axes.set_title(title, pad=24)
+    # above the axes: bars reach 100 %
+    axes.legend(fontsize=8, ncol=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=130, bbox_inches="tight")

@@ -1,10 +1,13 @@
 """Shared test set-up: offline Hub, tiny configs, and the read-only fixtures in ../shared/fixtures."""
 
 import importlib.util
+import io
 import json
 import os
+import random
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -190,3 +193,48 @@ def run_metrics(output_dir) -> dict[int, dict]:
     """The last logged record of each step of a run (a resumed run logs again the steps after its checkpoint)."""
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     return {record["step"]: record for record in records}
+
+
+# Pretraining on webdataset shards: test_pretrain.py and test_scale_out.py compare their runs with the same reference
+PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")
+NUM_SAMPLES, BAD_KEYS = 48, {"000005": "corrupt image", "000030": "corrupt image", "000017": "empty caption"}
+COMMON = ["--max_steps", "12", "--logging_steps", "1", "--num_workers", "0", "--learning_rate", "1e-3"]
+# the reference run, and the run killed and resumed, which must end with the same model
+CHECKPOINTED = ["--per_device_batch_size", 8, "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON]
+# two processes of 4 samples per step for 6 steps: one epoch of the two shards of 24
+STREAMED = ["--streaming", "--per_device_batch_size", 4, "--max_steps", 6, "--num_workers", 0]
+
+
+def write_webdataset(root, shards=2):
+    """img2dataset's layout: {key}.jpg and {key}.txt in tar shards; three samples are broken on purpose."""
+    from diffclip_lab.shapes import render  # imports huggingface_hub, which must see the offline settings above
+
+    root.mkdir(parents=True, exist_ok=True)
+    per_shard = NUM_SAMPLES // shards
+    for shard in range(shards):
+        with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
+            for index in range(shard * per_shard, (shard + 1) * per_shard):
+                key = f"{index:06d}"
+                image, caption, _ = render(random.Random(index), 32)
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=95)
+                jpg = buffer.getvalue() if BAD_KEYS.get(key) != "corrupt image" else b"\xff\xd8not a jpeg at all"
+                txt = b"" if BAD_KEYS.get(key) == "empty caption" else caption.encode()
+                for name, payload in ((f"{key}.jpg", jpg), (f"{key}.txt", txt)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return root
+
+
+@pytest.fixture(scope="session")
+def webdataset(tmp_path_factory):
+    return write_webdataset(tmp_path_factory.mktemp("wds") / "shards")
+
+
+@pytest.fixture(scope="session")
+def one_process_run(webdataset, tmp_path_factory):
+    """One process, batch 8, 12 steps, checkpoints every 4: (its folder, its log). Read it; do not write into it."""
+    output = tmp_path_factory.mktemp("runs") / "one"
+    log = accelerate_launch(PRETRAIN, "--dataset", webdataset, "--output_dir", output, *CHECKPOINTED)
+    return output, log

@@ -302,10 +302,12 @@ def test_flex_attention_forward_agrees_on_cpu(tmp_path):
         "--backends",
         "eager",
         "flex_attention",
+        "--dtypes",  # each dtype compiles its own kernels; bfloat16 on CPU is not what a GPU would run
+        "float32",
     ]
     assert gpu_check.main(argv) == 0
     flex = [case for case in json.loads(path.read_text())["cases"] if case["backend"] == "flex_attention"]
-    assert len(flex) == 4
+    assert len(flex) == 2  # an attention layer and a whole model
     for case in flex:
         assert case["mode"] == "forward (no backward on CPU)"
         assert case["passed"]

@@ -1,16 +1,24 @@
 """examples/pretrain.py, run for real with `accelerate launch`: 1 and 2 CPU processes, resuming after SIGKILL,
 streaming, bad samples, the demo, and the errors raised before training."""
 
-import io
 import json
 import random
 import subprocess
 import sys
-import tarfile
 
 import pytest
 import torch
-from conftest import REPO_ROOT, accelerate_launch, load_script, run_metrics
+from conftest import (
+    BAD_KEYS,
+    CHECKPOINTED,
+    COMMON,
+    PRETRAIN,
+    REPO_ROOT,
+    STREAMED,
+    accelerate_launch,
+    load_script,
+    run_metrics,
+)
 from eval_fixtures import write_clip_benchmark_classification
 from safetensors.torch import load_file
 
@@ -21,52 +29,11 @@ from diffclip_lab.shapes import render
 pytestmark = pytest.mark.slow  # every test runs `accelerate launch` or uses a run it made
 
 
-PRETRAIN = str(REPO_ROOT / "examples" / "pretrain.py")
-NUM_SAMPLES, BAD_KEYS = 48, {"000005": "corrupt image", "000030": "corrupt image", "000017": "empty caption"}
-COMMON = ["--max_steps", "12", "--logging_steps", "1", "--num_workers", "0", "--learning_rate", "1e-3"]
-# the reference run, and the run killed and resumed, which must end with the same model
-# two processes of 4 samples per step for 6 steps: one epoch of the two shards of 24
-STREAMED = ["--streaming", "--per_device_batch_size", 4, "--max_steps", 6, "--num_workers", 0]
-CHECKPOINTED = ["--per_device_batch_size", 8, "--checkpointing_steps", 4, "--report_to", "tensorboard", *COMMON]
-
-
-def write_webdataset(root, shards=2):
-    """img2dataset's layout: {key}.jpg and {key}.txt in tar shards; three samples are broken on purpose."""
-    root.mkdir(parents=True, exist_ok=True)
-    per_shard = NUM_SAMPLES // shards
-    for shard in range(shards):
-        with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
-            for index in range(shard * per_shard, (shard + 1) * per_shard):
-                key = f"{index:06d}"
-                image, caption, _ = render(random.Random(index), 32)
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=95)
-                jpg = buffer.getvalue() if BAD_KEYS.get(key) != "corrupt image" else b"\xff\xd8not a jpeg at all"
-                txt = b"" if BAD_KEYS.get(key) == "empty caption" else caption.encode()
-                for name, payload in ((f"{key}.jpg", jpg), (f"{key}.txt", txt)):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-    return root
-
-
-@pytest.fixture(scope="module")
-def webdataset(tmp_path_factory):
-    return write_webdataset(tmp_path_factory.mktemp("wds") / "shards")
-
-
 def launch(*args, **kwargs):
     return accelerate_launch(PRETRAIN, *args, **kwargs)
 
 
 metrics = run_metrics
-
-
-@pytest.fixture(scope="module")
-def one_process_run(webdataset, tmp_path_factory):
-    output = tmp_path_factory.mktemp("runs") / "one"
-    log = launch("--dataset", webdataset, "--output_dir", output, *CHECKPOINTED)
-    return output, log
 
 
 def test_two_processes_train_exactly_like_one(webdataset, one_process_run, tmp_path):

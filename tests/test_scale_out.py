@@ -9,9 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, accelerate_launch, run_metrics
+from conftest import BAD_KEYS, COMMON, PRETRAIN, REPO_ROOT, STREAMED, run_metrics
 from safetensors.torch import load_file
-from test_pretrain import BAD_KEYS, CHECKPOINTED, COMMON, PRETRAIN, STREAMED, write_webdataset
 
 
 pytestmark = pytest.mark.slow  # every test runs `accelerate launch`
@@ -56,14 +55,8 @@ def train_on_two_machines(*args):
         assert machine.returncode == 0, machine.stdout[-5000:]
 
 
-@pytest.fixture(scope="module")
-def webdataset(tmp_path_factory):
-    return write_webdataset(tmp_path_factory.mktemp("wds") / "shards")
-
-
-def test_two_machines_train_like_one_process_checkpoint_once_and_resume(webdataset, tmp_path):
-    reference = tmp_path / "one"
-    accelerate_launch(PRETRAIN, "--dataset", webdataset, "--output_dir", reference, *CHECKPOINTED)
+def test_two_machines_train_like_one_process_checkpoint_once_and_resume(webdataset, one_process_run, tmp_path):
+    reference, _ = one_process_run
     output = tmp_path / "two-machines"
     two_machines = ["--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 4]
     train_on_two_machines(*two_machines, "--checkpointing_steps", 4, *COMMON)
