@@ -22,7 +22,14 @@ import datasets
 from PIL import Image
 
 from .cli import UserError
-from .data import CAPTION_COLUMNS, IMAGE_COLUMNS, decode_image, find_column, load_image_text_dataset
+from .data import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    decode_image,
+    find_column,
+    load_image_text_dataset,
+    without_image_decoding,
+)
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them
@@ -86,13 +93,20 @@ def _lines(path: Path) -> list[str] | None:
     )
 
 
-def _wds_root(name_or_path: str, split: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download  # a CLIP Benchmark repo: fetch only the split and the text files
+def _given_lines(file: str, option: str) -> list[str]:
+    if not Path(file).is_file():
+        raise UserError(f"{option} {file}: no such file.")
+    return _lines(Path(file))
 
-    return Path(snapshot_download(name_or_path, repo_type="dataset", allow_patterns=[f"{split}/*", "*.txt"]))
+
+def _dataset_root(name_or_path: str, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder, or a Hub dataset repo's snapshot (only the files matching `allow_patterns`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path, repo_type="dataset", allow_patterns=allow_patterns))
 
 
 def is_clip_benchmark(name_or_path: str) -> bool:
@@ -106,7 +120,7 @@ def is_clip_benchmark(name_or_path: str) -> bool:
 
 def load_clip_benchmark(name_or_path: str, split: str) -> EvalSplit:
     """A split of a CLIP Benchmark webdataset (see the module docstring)."""
-    root = _wds_root(name_or_path, split)
+    root = _dataset_root(name_or_path, [f"{split}/*", "*.txt"])  # only the split and the text files
     split_dir = root / split
     nshards = _lines(split_dir / "nshards.txt")
     if nshards is None:
@@ -162,8 +176,7 @@ def split_from_dataset(
     if len(dataset) == 0:
         raise UserError(f"{name} is empty.")
     image_column = find_column(dataset, None, IMAGE_COLUMNS, "image")
-    if isinstance(dataset.features[image_column], datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = without_image_decoding(dataset, image_column)
     columns = dataset.column_names
     labels = classnames = captions = None
     if label_column in columns:
@@ -200,9 +213,9 @@ def load_split(
     else:
         data = load_hf_split(name_or_path, split, label_column, caption_column)
     if classnames_file:
-        data.classnames = _lines(Path(classnames_file))
+        data.classnames = _given_lines(classnames_file, "--classnames")
     if templates_file:
-        data.templates = _lines(Path(templates_file))
+        data.templates = _given_lines(templates_file, "--templates")
     if data.templates and not all("{c}" in template for template in data.templates):
         raise UserError("every zero-shot template needs a {c} placeholder for the class name.")
     return data
@@ -217,11 +230,7 @@ class MMVPPair:
 
 def load_mmvp(root: str) -> list[MMVPPair]:
     """MMVP-VLM pairs: question ids 2k+1 and 2k+2 share a category; statement 2k+1 describes the first image."""
-    root_path = Path(root)
-    if not root_path.is_dir() and not root_path.exists():
-        from huggingface_hub import snapshot_download
-
-        root_path = Path(snapshot_download(root, repo_type="dataset"))
+    root_path = _dataset_root(root)
     questions = root_path / "Questions.csv"
     if not questions.is_file():
         raise UserError(f"{root} is not in the MMVP-VLM layout: it has no Questions.csv.")

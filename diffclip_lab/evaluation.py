@@ -130,10 +130,10 @@ class DualEncoder:
         return _embedding(self.model.get_image_features(pixel_values=pixel_values)).float().cpu()
 
 
-def load_pretrained(name: str, trust_remote_code: bool = False, **model_kwargs):
-    """A model (`AutoModel`) and its processor (`AutoProcessor`) from a folder or Hub id, or one clear error."""
+def load_pretrained(name: str, trust_remote_code: bool = False, model_class=AutoModel, **model_kwargs):
+    """A model (`model_class`) and its processor (`AutoProcessor`) from a folder or Hub id, or one clear error."""
     try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code, **model_kwargs)
+        model = model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **model_kwargs)
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise UserError(f"could not load model {name!r}: {str(error).strip().splitlines()[0]}") from None
@@ -190,9 +190,8 @@ def image_features(
             return encoder.processor.image_processor([data.images[i] for i in indices], return_tensors="pt")[
                 "pixel_values"
             ]
-        except (
-            UserError
-        ) as error:  # returned, not raised: raised in a worker it would come back wrapped in its traceback
+        # returned, not raised: raised in a worker it would come back wrapped in its traceback
+        except UserError as error:
             return error
 
     def compute():
@@ -277,18 +276,20 @@ def retrieval_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCac
 
 def labelled_features(encoder, options: EvalOptions, cache, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_split(options.dataset, split, options.label_column)
-    return image_features(encoder, data, options, cache, options.features), torch.tensor(data.require_labels())
+    labels = torch.tensor(data.require_labels())  # before encoding: a split without labels costs nothing
+    return image_features(encoder, data, options, cache, options.features), labels
 
 
 def train_validation_features(encoder, options: EvalOptions, cache):
     """The training split and a validation split: the dataset's own, or a stratified 20% of train."""
     train = labelled_features(encoder, options, cache, options.train_split)
-    for split in [options.validation_split] if options.validation_split else VALIDATION_SPLITS:
+    if options.validation_split:
+        return train, labelled_features(encoder, options, cache, options.validation_split), options.validation_split
+    for split in VALIDATION_SPLITS:
         try:
             return train, labelled_features(encoder, options, cache, split), split
         except UserError:
-            if options.validation_split:
-                raise
+            pass
     fit, held_out = split_train_validation(train[1].tolist())
     if not held_out:
         raise UserError(
@@ -371,6 +372,13 @@ def evaluate(encoder: DualEncoder, task: str, options: EvalOptions, cache: Featu
         "main_metric": counts.get("scored_by", MAIN_METRICS[task]),
         "metrics": metrics,
         "counts": counts,
+        **provenance(),
+    }
+
+
+def provenance() -> dict:
+    """What every result record ends with: the library versions and the date."""
+    return {
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

@@ -18,7 +18,6 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,9 +25,8 @@ import transformers
 from PIL import Image
 from tqdm.auto import tqdm
 
-import modeling_diffclip
-
 from .cli import UserError
+from .evaluation import load_pretrained, provenance
 from .files import atomic_write_text
 from .shapes import article
 from .tables import markdown_table
@@ -189,13 +187,7 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> tuple[dic
 
 def load_vlm(name: str, device: str, dtype: str = "auto", trust_remote_code: bool = False):
     """An image-text-to-text model (`AutoModelForImageTextToText`, in eval mode on `device`) and its processor."""
-    try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-        processor = transformers.AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise UserError(f"could not load model {name!r}: {str(error).strip().splitlines()[0]}") from None
+    model, processor = load_pretrained(name, trust_remote_code, transformers.AutoModelForImageTextToText, dtype=dtype)
     if getattr(processor, "chat_template", None) is None:
         raise UserError(f"the processor of {name} has no chat template; POPE prompts the model through it.")
     return model.to(device).eval(), processor
@@ -285,12 +277,7 @@ def pope_record(
         "main_metric": "accuracy",
         "metrics": metrics,
         "counts": {**counts, **(settings or {})},
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "modeling_diffclip": modeling_diffclip.__version__,
-        },
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "answers": [
             {"question_id": q.question_id, "label": q.label, "answer": answer, "prediction": prediction}
             for q, answer, prediction in zip(split.questions, answers, predictions, strict=True)

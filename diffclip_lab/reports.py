@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .cli import UserError  # noqa: E402
-from .tables import markdown_table  # noqa: E402
+from .tables import distinct_names, markdown_table  # noqa: E402
 
 
 def load_records(paths: list[str]) -> list[dict]:
@@ -33,16 +33,6 @@ def load_records(paths: list[str]) -> list[dict]:
     if not records:
         raise UserError("no results to compare.")
     return records
-
-
-def distinct_names(names: list[str]) -> dict[str, str]:
-    """The shortest trailing path parts that tell the names apart ("runs/clip/model" -> "clip/model")."""
-    parts = {name: Path(name).parts or (name,) for name in names}
-    for depth in range(1, max(len(p) for p in parts.values()) + 1):
-        short = {name: "/".join(p[-depth:]) for name, p in parts.items()}
-        if len(set(short.values())) == len(set(names)):
-            return short
-    return {name: name for name in names}
 
 
 # What a task's records hold besides its scores: the table and plots leave these out (a few-shot accuracy shows its

@@ -1,8 +1,9 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Markdown tables, the form every script prints its results in."""
+"""Markdown tables, the form every script prints its results in, and the names of the models in them."""
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def format_number(value) -> str:
@@ -17,3 +18,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], cell: Calla
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def distinct_names(names: list[str]) -> dict[str, str]:
+    """The shortest trailing path parts that tell the names apart ("runs/clip/model" -> "clip/model")."""
+    parts = {name: Path(name).parts or (name,) for name in names}
+    for depth in range(1, max(len(p) for p in parts.values()) + 1):
+        short = {name: "/".join(p[-depth:]) for name, p in parts.items()}
+        if len(set(short.values())) == len(set(names)):
+            return short
+    return {name: name for name in names}

@@ -18,7 +18,7 @@ import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classe
 from diffclip_lab.cli import UserError, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.evaluation import load_pretrained
 from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
-from diffclip_lab.reports import distinct_names
+from diffclip_lab.tables import distinct_names
 
 
 logger = logging.getLogger(__name__)

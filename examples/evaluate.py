@@ -21,7 +21,7 @@ import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classe
 from diffclip_lab.cli import path_or_repo_id, run_main
 from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 from diffclip_lab.files import atomic_write_text
-from diffclip_lab.reports import distinct_names
+from diffclip_lab.tables import distinct_names
 
 
 def parse_args(argv=None):

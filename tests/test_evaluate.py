@@ -25,7 +25,7 @@ from PIL import Image
 
 from diffclip_lab.cli import UserError
 from diffclip_lab.eval_data import load_split
-from diffclip_lab.reports import distinct_names
+from diffclip_lab.tables import distinct_names
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
 
 
@@ -169,6 +169,9 @@ def test_bad_input_gets_a_clear_message(models, data, tmp_path):
         run(models[:1], "zeroshot", data["retrieval"], tmp_path)
     with pytest.raises(UserError, match="no split 'validation'"):
         run(models[:1], "zeroshot", data["classification"], tmp_path, "--split", "validation")
+    for option in ("--templates", "--classnames"):  # not silently the dataset's own
+        with pytest.raises(UserError, match=f"{option} {tmp_path / 'typo.txt'}: no such file"):
+            run(models[:1], "zeroshot", data["classification"], tmp_path, option, str(tmp_path / "typo.txt"))
     empty = data["classification"].parent / "wds_empty"
     (empty / "test").mkdir(parents=True)
     (empty / "test" / "nshards.txt").write_text("0\n")
