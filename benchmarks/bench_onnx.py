@@ -26,6 +26,7 @@ docs/performance.md).
 """
 
 import argparse
+import copy
 import sys
 import tempfile
 from functools import partial
@@ -87,7 +88,8 @@ def onnx_sessions(model: DiffCLIPModel, args, folder: Path, example_inputs: dict
         if CANDIDATES[name] is None:
             continue
         attention, fp16 = CANDIDATES[name]
-        exported = DiffCLIPModel._from_config(model.config, attn_implementation=attention).eval()
+        # a copy: _from_config sets the attention on the config it is given, which the PyTorch baseline shares
+        exported = DiffCLIPModel._from_config(copy.deepcopy(model.config), attn_implementation=attention).eval()
         exported.load_state_dict(model.state_dict())
         exported = exported.half() if fp16 else exported
         sessions[name] = {}

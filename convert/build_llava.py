@@ -14,7 +14,7 @@ import argparse
 import logging
 
 from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
-from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_output
 from diffclip_lab.vlm import build_and_save
 
 
@@ -41,9 +41,7 @@ def main(argv=None) -> int:
         overwrite=args.overwrite,
     )
     logger.info(f"Built {model.config.model_type} in {args.output_dir}")
-    if args.push_to_hub:
-        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, "LLaVA built with build_llava.py")
-        logger.info(f"Uploaded to {url}")
+    push_output(args, "LLaVA built with build_llava.py")
     return 0
 
 

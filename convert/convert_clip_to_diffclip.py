@@ -13,7 +13,7 @@ import logging
 
 from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.conversion import convert_clip
-from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_output
 from modeling_diffclip.configuration_diffclip import VARIANTS
 
 
@@ -33,9 +33,7 @@ def main(argv=None) -> int:
         path_or_repo_id(args.model, "--model"), args.output_dir, variant=args.variant, overwrite=args.overwrite
     )
     logger.info(f"Converted {args.model} -> {args.output_dir} ({args.variant})")
-    if args.push_to_hub:
-        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, f"{args.variant} from {args.model}")
-        logger.info(f"Uploaded to {url}")
+    push_output(args, f"{args.variant} from {args.model}")
     return 0
 
 

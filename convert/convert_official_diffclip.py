@@ -15,9 +15,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import add_output_arguments, run_main
+from diffclip_lab.cli import add_output_arguments, run_main, setup_logging
 from diffclip_lab.conversion import convert_official_checkpoint, resolve_checkpoint
-from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_output
 
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-
+    setup_logging()
     if args.push_to_hub:  # before the work, not after it
         check_can_push(args.push_to_hub)
     path = resolve_checkpoint(args.checkpoint, args.filename)
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
     logger.info(
         f"Converted {args.checkpoint} -> {args.output_dir} (largest difference to reference: {difference:.2e})"
     )
-    if args.push_to_hub:
-        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, f"Convert {args.checkpoint}")
-        logger.info(f"Uploaded to {url}")
+    push_output(args, f"Convert {args.checkpoint}")
     return 0
 
 

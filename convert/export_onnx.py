@@ -26,7 +26,7 @@ import logging
 
 from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
-from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.publishing import check_can_push, push_output
 
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ def main(argv=None) -> int:
         f"Exported {args.model} -> {args.output_dir} (opset {args.opset}, {'float16' if args.fp16 else 'float32'}; "
         f"max |Δ| to PyTorch: image {differences['image_embeds']:.1e}, text {differences['text_embeds']:.1e})"
     )
-    if args.push_to_hub:
-        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, f"ONNX export of {args.model}")
-        logger.info(f"Uploaded to {url}")
+    push_output(args, f"ONNX export of {args.model}")
     return 0
 
 

@@ -33,9 +33,9 @@ from transformers import AutoConfig, AutoProcessor, CLIPModel
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 
 from .cli import UserError
-from .files import atomic_directory, check_output_directory
+from .files import check_output_directory
 from .official import image_embeddings, text_embeddings, to_diffclip_state_dict
-from .publishing import model_card
+from .publishing import model_card, save_model_folder
 
 
 VERIFY_TOLERANCE = 1e-4
@@ -277,10 +277,7 @@ def convert_official_checkpoint(
         f"{config.vision_config.image_size} px (bilinear, short side), centre crop, ImageNet mean/std; CLIP tokenizer."
     )
     card = model_card(config, f"{source_name} for Transformers", provenance, license=license)
-    with atomic_directory(output_dir, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+    save_model_folder(output_dir, model, processor, card, overwrite)
     return model, difference
 
 
@@ -339,8 +336,5 @@ def convert_clip(
         "from N(0, 0.1) and RMSNorm weights set to one, as in the paper. Not trained after conversion."
     )
     card = model_card(model.config, f"{variant} initialised from {model_name_or_path}", provenance)
-    with atomic_directory(output_dir, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+    save_model_folder(output_dir, model, processor, card, overwrite)
     return model

@@ -1,6 +1,7 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
 """Describing model folders with a model card, and publishing them on the Hub."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from modeling_diffclip import DiffCLIPConfig
 from modeling_diffclip.configuration_diffclip import PAPER_NAMES
 
 from .cli import UserError
+from .files import atomic_directory
+
+
+logger = logging.getLogger(__name__)
 
 
 PAPER_CITATION = """@misc{hammoud2025diffclip,
@@ -30,7 +35,6 @@ def model_card(
     title: str,
     provenance: str,
     license: str = "other",
-    datasets: list[str] | None = None,
     results: dict[str, float] | None = None,
 ) -> str:
     """A model card (README.md with Hub metadata) describing a DiffCLIP folder and how to load it."""
@@ -42,10 +46,6 @@ def model_card(
         f"license: {license}",
         "tags:",
         *(f"- {tag}" for tag in ("diffclip", "clip", "differential-attention", "vision", "custom_code")),
-    ]
-    if datasets:
-        lines += ["datasets:", *(f"- {name}" for name in datasets)]
-    lines += [
         "---",
         "",
         f"# {title}",
@@ -123,6 +123,17 @@ def _attention_summary(tower_config) -> str:
     return f"yes, λ_init = {tower_config.lambda_init}"
 
 
+def save_model_folder(
+    output_dir: str | os.PathLike, model, processor, card: str, overwrite: bool = False, state_dict: dict | None = None
+) -> None:
+    """`model` (with `state_dict` if given), its `processor` and its model `card` (README.md), written under a
+    temporary name and renamed."""
+    with atomic_directory(output_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging, state_dict=state_dict)
+        processor.save_pretrained(staging)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike, repo_id: str, private: bool = False, commit_message: str = ""
 ) -> str:
@@ -133,6 +144,13 @@ def push_folder_to_hub(
         repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {Path(folder).name}"
     )
     return commit.commit_url
+
+
+def push_output(args, commit_message: str) -> None:
+    """Upload `args.output_dir` when `--push_to_hub` (`cli.add_output_arguments`) was given, and say where."""
+    if args.push_to_hub:
+        url = push_folder_to_hub(args.output_dir, args.push_to_hub, args.private, commit_message)
+        logger.info(f"Uploaded to {url}")
 
 
 def check_can_push(repo_id: str) -> None:

@@ -40,8 +40,8 @@ from modeling_diffclip import (
 )
 
 from .cli import UserError
-from .files import atomic_directory, check_output_directory
-from .publishing import card_ending
+from .files import check_output_directory
+from .publishing import card_ending, save_model_folder
 
 
 IMAGE_TOKEN = "<image>"
@@ -177,13 +177,17 @@ def build_llava(
     return model, processor
 
 
-def save_vlm(model, processor, output_dir: str | os.PathLike, provenance: str, overwrite: bool = False) -> None:
-    """The model, its processor (with the chat template), the code a `diffclip_llava` model needs, and a card, written
-    under a temporary name and renamed."""
-    with atomic_directory(output_dir, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "README.md").write_text(vlm_card(model, provenance), encoding="utf-8")
+def save_vlm(
+    model,
+    processor,
+    output_dir: str | os.PathLike,
+    provenance: str,
+    overwrite: bool = False,
+    state_dict: dict | None = None,
+) -> None:
+    """The model (with `state_dict` if given), its processor (with the chat template), the code a `diffclip_llava`
+    model needs, and a card, written under a temporary name and renamed."""
+    save_model_folder(output_dir, model, processor, vlm_card(model, provenance), overwrite, state_dict)
 
 
 def vlm_card(model, provenance: str) -> str:

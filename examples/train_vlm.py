@@ -54,7 +54,6 @@ from diffclip_lab.vlm import (
     pretrain_language_model,
     save_vlm,
     tiny_language_model,
-    vlm_card,
 )
 from diffclip_lab.vlm_data import (
     Conversation,
@@ -236,10 +235,7 @@ def finish(options, stage, training: Training, processor, plan, run: Run, accele
             f"steps of {plan.global_batch_size} conversations"
             + ("; the vision tower trained too." if stage == "instruct" and options.unfreeze_vision else ".")
         )
-        with run.model_folder() as staging:
-            model.save_pretrained(staging, state_dict=state_dict)
-            processor.save_pretrained(staging)
-            (staging / "README.md").write_text(vlm_card(model, provenance), encoding="utf-8")
+        save_vlm(model, processor, run.output_dir / "model", provenance, overwrite=True, state_dict=state_dict)
         results["args"] = plain_options(options, with_none=True)
         run.write_results(results)
         logger.info(f"Saved the {stage} model to {run.output_dir / 'model'}")
