@@ -15,6 +15,14 @@ class UserError(Exception):
     """Input that cannot be used as given (a path, a dataset, an option); the message says what is wrong and what to
     do. Scripts report it as one line; anything else is a bug and keeps its traceback."""
 
+    def __init__(self, message: str = ""):
+        # Raised in a DataLoader worker, it comes back as UserError("Caught UserError in DataLoader worker process N.
+        # Original Traceback ... diffclip_lab.cli.UserError: <message>"): the user gets the message alone.
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith(f"Caught {type(self).__name__} in DataLoader worker") and marker in message:
+            message = message.rsplit(marker, 1)[1].rstrip("\n")
+        super().__init__(message)
+
 
 def run_main(main: Callable[[], Any]) -> NoReturn:
     """Run a script's `main()` and exit: status 0, or `error: <message>` on stderr and status 1 for a `UserError`."""
@@ -26,7 +34,7 @@ def run_main(main: Callable[[], Any]) -> NoReturn:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain messages on stderr for the scripts that are not launched with Accelerate."""
+    """Plain messages on stderr (Accelerate's loggers in the training scripts print on the main process only)."""
     logging.basicConfig(format="%(message)s", level=level)
 
 

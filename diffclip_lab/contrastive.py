@@ -37,21 +37,24 @@ class DualEncoderForTraining(nn.Module):
         return image, text, self.model.logit_scale.exp(), lambdas
 
 
-def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
-    """All processes' rows in process order, differentiable; processes may hold different numbers of rows."""
+def gather_with_grad(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All processes' rows of each tensor in process order, differentiable. Processes may hold different numbers of
+    rows; the tensors given together hold the same number, which is gathered once."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return features
-    size = torch.tensor([features.shape[0]], device=features.device)
+    size = torch.tensor([features[0].shape[0]], device=features[0].device)
     sizes = funcol.all_gather_single(size, 0, dist.group.WORLD).tolist()
-    padded = F.pad(features, (0, 0, 0, max(sizes) - features.shape[0]))
-    gathered = funcol.all_gather_single_autograd(padded, 0, dist.group.WORLD)
-    return torch.cat([chunk[:n] for chunk, n in zip(gathered.split(max(sizes)), sizes, strict=True)])
+    gathered = []
+    for tensor in features:
+        padded = F.pad(tensor, (0, 0, 0, max(sizes) - tensor.shape[0]))
+        chunks = funcol.all_gather_single_autograd(padded, 0, dist.group.WORLD).split(max(sizes))
+        gathered.append(torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes, strict=True)]))
+    return tuple(gathered)
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch (the same value on every process)."""
-    image = F.normalize(gather_with_grad(image.float()), dim=-1)
-    text = F.normalize(gather_with_grad(text.float()), dim=-1)
+    image, text = (F.normalize(features, dim=-1) for features in gather_with_grad(image.float(), text.float()))
     logits = logit_scale.float() * image @ text.T
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -185,14 +185,10 @@ def image_features(
         "image_processor": encoder.processor.image_processor.to_json_string(),
     }
 
-    def preprocess(indices: list[int]) -> torch.Tensor | UserError:
-        try:
-            return encoder.processor.image_processor([data.images[i] for i in indices], return_tensors="pt")[
-                "pixel_values"
-            ]
-        # returned, not raised: raised in a worker it would come back wrapped in its traceback
-        except UserError as error:
-            return error
+    def preprocess(indices: list[int]) -> torch.Tensor:
+        return encoder.processor.image_processor([data.images[i] for i in indices], return_tensors="pt")[
+            "pixel_values"
+        ]
 
     def compute():
         loader = torch.utils.data.DataLoader(
@@ -203,8 +199,6 @@ def image_features(
         )
         features = []
         for pixel_values in tqdm(loader, desc=f"{encoder.label}: {data.name} images", leave=False):
-            if isinstance(pixel_values, UserError):
-                raise pixel_values
             features.append(encoder.encode_images(pixel_values, kind))
         return torch.cat(features)
 

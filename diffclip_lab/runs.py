@@ -287,7 +287,6 @@ class Run:
                 raise UserError(
                     f"{self.output_dir} holds another run, with other {differences}; use another --output_dir."
                 )
-        resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if overwrite and self.output_dir.exists():

@@ -9,7 +9,6 @@ gradients, so N processes with per-device batch B train exactly as one process w
 """
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from diffclip_lab import shapes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main
+from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
 from diffclip_lab.data import (
     ImageTransform,
@@ -332,7 +331,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.push_to_hub:  # before any work, not after it
         check_can_push(args.hub_model_id)
-    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    setup_logging()
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     model, processor = build_model(args)

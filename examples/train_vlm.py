@@ -17,7 +17,6 @@ stages on scenes of captioned shapes and ends with POPE on held-out scenes.
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab import pope, scenes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main
+from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.contrastive import parameter_groups
 from diffclip_lab.files import atomic_directory, atomic_write_text
 from diffclip_lab.publishing import check_can_push
@@ -140,7 +139,8 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
     trainable = freeze(model, stage, options.unfreeze_vision)
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    data = ConversationDataset(conversations, ConversationEncoder(processor, model.config.image_seq_length))
+    encoder = ConversationEncoder(processor, model.config.image_seq_length, options.max_length)
+    data = ConversationDataset(conversations, encoder)
     plan = BatchPlan.build(
         accelerator.num_processes,
         options.gradient_accumulation_steps,
@@ -194,7 +194,6 @@ def train(options, stage: str, training: Training, plan: BatchPlan, run: Run, ac
     training.module.train()
     loss = torch.tensor(float("nan"))
     for batch in batches(accelerator, training.loader, training.data, state):
-        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         with accelerator.accumulate(training.module):
             loss = training.module(**batch).loss
             accelerator.backward(loss)
@@ -310,7 +309,7 @@ def demo(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    setup_logging()
     if args.push_to_hub:  # before any work, not after it
         check_can_push(args.hub_model_id)
     if args.dataset is None:

@@ -3,6 +3,7 @@ targets, the two training stages with Accelerate, resuming, and bad input."""
 
 import json
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -39,6 +40,7 @@ from modeling_diffclip import DiffCLIPLlavaForConditionalGeneration, DiffCLIPMod
 
 BUILD = load_script("convert/build_llava.py")
 TRAIN_VLM = REPO_ROOT / "examples" / "train_vlm.py"
+TRAIN_VLM_SCRIPT = load_script("examples/train_vlm.py")
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +271,15 @@ def test_the_align_stage_trains_the_projector_only(built, tmp_path):
     card = (output / "model" / "README.md").read_text()
     assert "--stage align" in card
     assert "pipeline_tag: image-text-to-text" in card
+
+
+def test_a_conversation_longer_than_max_length_is_refused_in_one_line(built, tmp_path):
+    data = demo_data(tmp_path, "align", 4)
+    args = ["--model", built, "--stage", "align", "--dataset", data, "--output_dir", tmp_path / "out"]
+    args += ["--recipe", "demo", "--per_device_batch_size", 2, "--max_steps", 1, "--max_length", 8]
+    with pytest.raises(UserError) as error:  # raised in a loader worker: reaches run_main as the same one line
+        TRAIN_VLM_SCRIPT.main([str(arg) for arg in args])
+    assert re.fullmatch(r"conversation '.*' is \d+ tokens long, more than --max_length 8; .*", str(error.value))
 
 
 @pytest.mark.slow  # accelerate launch, killed and resumed
