@@ -99,6 +99,21 @@ class BatchPlan:
             num_processes, per_device_batch_size, gradient_accumulation_steps, steps_per_epoch, max_steps, warmup_steps
         )
 
+    @classmethod
+    def from_options(cls, options, num_processes: int, dataset_length: int | None) -> "BatchPlan":
+        """`build` from a training script's options (`add_run_arguments`, and `warmup_epochs` where it has one)."""
+        return cls.build(
+            num_processes,
+            options.gradient_accumulation_steps,
+            options.per_device_batch_size,
+            options.global_batch_size,
+            dataset_length,
+            options.max_steps,
+            options.num_epochs,
+            options.warmup_ratio,
+            getattr(options, "warmup_epochs", None),
+        )
+
 
 class TrainingState:
     """Where the run is (step, epoch, batches of the epoch done, samples trained on and skipped), saved with every
@@ -116,9 +131,19 @@ class TrainingState:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every training script takes for what `make_accelerator`, `Run` and the loop do: precision, memory,
-    loader workers, checkpoints and resuming, trackers, the Hub."""
+    """The options every training script takes for what `BatchPlan`, `make_accelerator`, `Run` and the loop do: the
+    schedule, precision, memory, loader workers, checkpoints and resuming, trackers, the Hub."""
     add = parser.add_argument
+    add("--overwrite", action="store_true", help="replace a run already in --output_dir")
+    add("--max_steps", type=positive_int, help="optimizer steps; overrides --num_epochs")
+    add("--num_epochs", type=positive_int)
+    add("--per_device_batch_size", type=positive_int)
+    add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
+    add("--gradient_accumulation_steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    add("--learning_rate", type=float)
+    add("--weight_decay", type=float)
+    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
+    add("--seed", type=int, default=0)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
     add("--gradient_checkpointing", action="store_true")
     add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")

@@ -57,7 +57,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--output_dir", default="outputs/diffclip-shapes", help="where checkpoints, the model and results go")
-    add("--overwrite", action="store_true", help="replace a run already in --output_dir")
     add("--recipe", choices=list(PRETRAINING_RECIPES), default="demo", help="defaults for the options left unset")
     add("--variant", choices=list(VARIANTS), help="default: diffclip, or with --init_from the model's own")
     add("--model_config", help="tiny, vit-b-16, or a path to a DiffCLIP config.json (recipe default)")
@@ -79,25 +78,11 @@ def parse_args(argv=None):
         "--eval_label_column", default="label", help="label column of a datasets layout (ClassLabel names the classes)"
     )
     add("--eval_template", action="append", help="zero-shot prompt with {c} (repeatable; default 'a photo of a {c}.')")
-    add("--max_steps", type=positive_int, help="optimizer steps; overrides --num_epochs")
-    add("--num_epochs", type=positive_int)
-    add("--per_device_batch_size", type=positive_int)
-    add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
-    add(
-        "--gradient_accumulation_steps",
-        type=positive_int,
-        default=1,
-        help="micro-batches per step; each micro-batch's loss uses its own negatives",
-    )
-    add("--learning_rate", type=float)
-    add("--weight_decay", type=float)
-    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
     add("--warmup_epochs", type=float, help="warm-up in epochs (overrides --warmup_ratio)")
     add("--adam_beta1", type=float, default=0.9)
     add("--adam_beta2", type=float, default=0.98)
     add("--adam_epsilon", type=float)
     add("--crop_scale", type=float, help="random crops of this fraction of the area or more; 1 = centre crop")
-    add("--seed", type=int, default=0)
     add("--torch_compile", action="store_true")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
@@ -337,17 +322,7 @@ def main(argv=None) -> dict:
     model, processor = build_model(args)
     config = model.config
     raw, *columns = load_training_data(args, config.vision_config.image_size, accelerator)
-    plan = BatchPlan.build(
-        accelerator.num_processes,
-        args.gradient_accumulation_steps,
-        args.per_device_batch_size,
-        args.global_batch_size,
-        None if args.streaming else len(raw),
-        args.max_steps,
-        args.num_epochs,
-        args.warmup_ratio,
-        args.warmup_epochs,
-    )
+    plan = BatchPlan.from_options(args, accelerator.num_processes, None if args.streaming else len(raw))
     data, loader = training_loader(args, raw, columns, plan, processor, accelerator)
     eval_split = load_eval_split(args, config.vision_config.image_size)
     fingerprint = {

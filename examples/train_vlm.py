@@ -79,17 +79,7 @@ def parse_args(argv=None):
     add("--unfreeze_vision", action="store_true", help="also train the vision tower in the instruct stage")
     add("--recipe", choices=list(VLM_RECIPES), help="defaults for unset options (default: llava15, the demo's demo)")
     add("--output_dir", default="outputs/vlm-shapes")
-    add("--overwrite", action="store_true", help="replace a run already in --output_dir")
-    add("--max_steps", type=positive_int, help="optimizer steps; overrides --num_epochs")
-    add("--num_epochs", type=positive_int)
-    add("--per_device_batch_size", type=positive_int)
-    add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
-    add("--gradient_accumulation_steps", type=positive_int, default=1)
-    add("--learning_rate", type=float)
-    add("--weight_decay", type=float)
-    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
     add("--max_length", type=positive_int, help="refuse conversations longer than this many tokens")
-    add("--seed", type=int, default=0)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.dataset and not (args.model and args.stage):
@@ -141,16 +131,7 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
         model.gradient_checkpointing_enable()
     encoder = ConversationEncoder(processor, model.config.image_seq_length, options.max_length)
     data = ConversationDataset(conversations, encoder)
-    plan = BatchPlan.build(
-        accelerator.num_processes,
-        options.gradient_accumulation_steps,
-        options.per_device_batch_size,
-        options.global_batch_size,
-        len(data),
-        options.max_steps,
-        options.num_epochs,
-        options.warmup_ratio,
-    )
+    plan = BatchPlan.from_options(options, accelerator.num_processes, len(data))
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=plan.per_device_batch_size,
