@@ -26,6 +26,7 @@ JSON (keys in docs/performance.md).
 """
 
 import argparse
+import functools
 import io
 import math
 import os
@@ -182,8 +183,14 @@ def prepare_shards(args, root: Path) -> dict[str, str]:
     }
 
 
+@functools.cache
+def processor_for(image_size: int) -> DiffCLIPProcessor:
+    """One processor per size for every loader of the run (building one reads the BPE vocabulary)."""
+    return DiffCLIPProcessor.from_defaults(image_size=image_size)
+
+
 def transform(decoding: str, args) -> ImageTransform:
-    processor = DiffCLIPProcessor.from_defaults(image_size=args.image_size)
+    processor = processor_for(args.image_size)
     draft_gap = args.draft_gap if decoding == "draft" else None
     return ImageTransform.for_processor(processor.image_processor, args.crop_scale, draft_gap=draft_gap)
 
@@ -212,7 +219,7 @@ def time_loader(shards: str, decoding: str, workers: int, args) -> dict:
     worker, each handed over as the training loop takes it.
     """
     raw, image_column, caption_column = raw_stream(shards)
-    processor = DiffCLIPProcessor.from_defaults(image_size=args.image_size)
+    processor = processor_for(args.image_size)
     data, loader = image_text_loader(
         raw,
         image_column,
@@ -290,14 +297,14 @@ def workers_needed(results: list[dict]) -> list[dict]:
     needs = {}
     for result in sorted(results, key=lambda r: -r["workers"]):
         if result["workers"] >= 1:
-            rate = shown(result["images_per_worker_cpu_s"])
+            rate = result["images_per_worker_cpu_s"]
             needs[result["shards"], result["decoding"]] = {
                 "shards": result["shards"],
                 "decoding": result["decoding"],
                 "images_per_worker_cpu_s": result["images_per_worker_cpu_s"],
                 "training_process_cpu_s_per_image": spread(result["main_cpu_s_per_image"])["median"],
                 "workers": {
-                    name: None if math.isnan(rate) else math.ceil(target / rate) for name, target in TARGETS.items()
+                    name: None if rate is None else math.ceil(target / rate) for name, target in TARGETS.items()
                 },
             }
     return list(needs.values())
@@ -359,11 +366,6 @@ NEED_HEADERS = [
 DIFFERENCE_HEADERS = ["shards", "JPEG KiB", "decoded at reduced size", "mean |Δ| levels", "p99", "max", "> 2 levels"]
 
 
-def shown(value):
-    """A table cell's value: what could not be measured as NaN, which `cell` writes as a dash."""
-    return math.nan if value is None else value
-
-
 def result_row(result: dict) -> list:
     return [
         result["shards"],
@@ -371,7 +373,7 @@ def result_row(result: dict) -> list:
         result["workers"],
         result["images_per_s"],
         f"{result['images_per_s_q1']:.0f}–{result['images_per_s_q3']:.0f}",
-        shown(result["images_per_worker_cpu_s"]),
+        result["images_per_worker_cpu_s"],
         result["worker_cores_busy"],
         1e3 * spread(result["main_cpu_s_per_image"])["median"],
         result["first_batches_s"],
@@ -380,8 +382,7 @@ def result_row(result: dict) -> list:
 
 
 def need_row(need: dict) -> list:
-    workers = [shown(count) for count in need["workers"].values()]
-    return [need["shards"], need["decoding"], shown(need["images_per_worker_cpu_s"]), *workers]
+    return [need["shards"], need["decoding"], need["images_per_worker_cpu_s"], *need["workers"].values()]
 
 
 def difference_row(difference: dict, jpeg_size: float) -> list:

@@ -499,11 +499,6 @@ FLOAT32_KEYS = ("output", "input_grad", "param_grads", "worst_param_grad")
 BFLOAT16_KEYS = ("output", "input_grad", "param_grads")
 
 
-def worst_error(errors: dict, keys=FLOAT32_KEYS) -> float:
-    values = [errors[key] for key in keys if key in errors]
-    return math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
-
-
 def sdpa_kernels_used(step) -> dict:
     """The SDPA operators one call of `step` dispatches to, counted, from the profiler's CPU-side operator events
     (which name the kernel on every device; no CUPTI needed)."""
@@ -800,10 +795,9 @@ def bench_summary(payload: dict | None) -> dict | None:
     ]:
         targets.append({"target": label, "value": value, "met": None if value is None else value <= limit})
     train = results.get(("train", "diffclip-sdpa"))
-    batch = next(iter(results.values()))["batch_size"] if results else None
     first = next(iter(results.values()), {})
     return {
-        "batch_size": batch,
+        "batch_size": first.get("batch_size"),
         "shape": first.get("shape"),
         "tokens": first.get("tokens"),
         "repeats": payload.get("settings", {}).get("repeats"),
@@ -907,7 +901,7 @@ def _percent(value) -> str:
 def _table(headers: list[str], rows: list[list]) -> str:
     from diffclip_lab.tables import markdown_table
 
-    return markdown_table(headers, rows, lambda value: _fmt(value) if not isinstance(value, str) else value)
+    return markdown_table(headers, rows, _fmt)
 
 
 def render_markdown(payload: dict) -> str:
@@ -1211,8 +1205,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if str(REPO_ROOT) not in sys.path:  # the packages of this checkout, installed or not
-        sys.path.insert(0, str(REPO_ROOT))
     try:
         if args.command == "plan":
             return plan(args)

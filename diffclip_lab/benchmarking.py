@@ -197,7 +197,10 @@ def _cpu_name() -> str:
 
 
 def cell(value) -> str:
-    """A benchmark table's cell: 3 significant digits, whole numbers from 100 on, NaN as a dash."""
+    """A benchmark table's cell: 3 significant digits, whole numbers from 100 on, NaN and None (not measured) as a
+    dash."""
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

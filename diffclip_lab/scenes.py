@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from .files import atomic_write_text
-from .shapes import CLASSNAMES, COLORS, SHAPES, article, cluttered_background, draw_shape
+from .shapes import CLASSNAMES, COLORS, SHAPES, article, cluttered_background, draw_in_quadrants
 
 
 IMAGE_SIZE = 32
@@ -49,13 +49,8 @@ def render_scene(rng: random.Random, image_size: int = IMAGE_SIZE) -> tuple[Imag
     """A scene and its objects, in reading order (left to right, top to bottom)."""
     objects = scene_objects(rng)
     image = cluttered_background(rng, image_size)
-    cell = image_size / 2
     quadrants = sorted(rng.sample(QUADRANTS, len(objects)), key=lambda q: (q[1], q[0]))
-    for name, (column, row) in zip(objects, quadrants, strict=True):
-        radius = rng.uniform(0.3, 0.42) * cell
-        cx = column * cell + rng.uniform(radius, cell - radius)
-        cy = row * cell + rng.uniform(radius, cell - radius)
-        draw_shape(image, rng, name, cx, cy, radius)
+    draw_in_quadrants(image, rng, zip(objects, quadrants, strict=True), largest=0.42)
     return image, objects
 
 

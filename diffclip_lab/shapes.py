@@ -207,12 +207,19 @@ def render_pair(
     raise ValueError(f"unknown property {prop!r}; one of {PAIR_PROPERTIES}")
 
 
-def render_objects(rng: random.Random, image_size: int, placed: list[tuple[str, tuple[int, int]]]) -> Image.Image:
-    """A cluttered image with each (classname, quadrant) of `placed` drawn in its quadrant."""
-    image, half = cluttered_background(rng, image_size), image_size / 2
+def draw_in_quadrants(image: Image.Image, rng: random.Random, placed, largest: float = 0.38) -> None:
+    """Each (classname, (column, row)) of `placed` drawn inside its quadrant, its radius 0.3 to `largest` of a
+    quadrant's side."""
+    half = image.width / 2
     for classname, (column, row) in placed:
-        radius = rng.uniform(0.3, 0.38) * half
+        radius = rng.uniform(0.3, largest) * half
         cx = column * half + rng.uniform(radius, half - radius)
         cy = row * half + rng.uniform(radius, half - radius)
         draw_shape(image, rng, classname, cx, cy, radius)
+
+
+def render_objects(rng: random.Random, image_size: int, placed: list[tuple[str, tuple[int, int]]]) -> Image.Image:
+    """A cluttered image with each (classname, quadrant) of `placed` drawn in its quadrant."""
+    image = cluttered_background(rng, image_size)
+    draw_in_quadrants(image, rng, placed)
     return image

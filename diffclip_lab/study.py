@@ -30,8 +30,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from modeling_diffclip.configuration_diffclip import PAPER_NAMES as VARIANT_NAMES  # noqa: E402
+from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS  # noqa: E402
+
 from .cli import UserError  # noqa: E402
 from .files import atomic_directory, atomic_write_text  # noqa: E402
+from .reports import STYLES  # noqa: E402
 from .shapes import (  # noqa: E402
     CLASSNAMES,
     COLORS,
@@ -46,13 +50,7 @@ from .shapes import (  # noqa: E402
 from .tables import markdown_table  # noqa: E402
 
 
-VARIANTS = ("clip", "diffclip", "diffclip-vision", "diffclip-dynamic")
-VARIANT_NAMES = {
-    "clip": "CLIP",
-    "diffclip": "DiffCLIP",
-    "diffclip-vision": "DiffCLIP†",
-    "diffclip-dynamic": "DiffCLIP*",
-}
+VARIANTS = tuple(VARIANT_CONFIGS)  # clip, diffclip, diffclip-vision, diffclip-dynamic
 # the held-out data's seeds, disjoint from the pretraining demo's (train from 0, test from 1_000_003)
 EVAL_SEEDS = {"train": 2_000_003, "test": 3_000_003, "mmvp": 4_000_003, "scenes": 5_000_003}
 MAX_EXAMPLES = 1_000_000  # per split: keeps the seed ranges apart
@@ -378,6 +376,11 @@ HEADLINE = {
 }
 
 
+def compared_pair(variants: list[str], baseline: str) -> list[str]:
+    """The baseline and the first differential variant studied (DiffCLIP when it is): Figures 1 and 2 compare them."""
+    return [baseline] + [v for v in ("diffclip", *VARIANTS) if v != baseline and v in variants][:1]
+
+
 def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) -> Path:
     """Grouped bars, one group per task and dataset, one bar per variant: the mean over seeds, the error bar one
     standard deviation."""
@@ -415,11 +418,10 @@ def figure_radar(rows: list[Row], variants: list[str], path: Path, title: str) -
     deviation either side."""
     angles = [2 * math.pi * i / len(rows) for i in range(len(rows))]
     figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
-    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":")]
     for index, variant in enumerate(v for v in variants if all(v in r.values for r in rows)):
         stats = [mean_std(r.values[variant]) for r in rows]
         means = [100 * mean for mean, _ in stats]
-        marker, line = styles[index % len(styles)]
+        marker, line = STYLES[index % len(STYLES)]
         label = VARIANT_NAMES.get(variant, variant)
         (drawn,) = axes.plot(angles + angles[:1], means + means[:1], marker=marker, linestyle=line, label=label)
         spread = [100 * (std or 0.0) for _, std in stats]

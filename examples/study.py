@@ -173,10 +173,7 @@ def compare(args, runs: list[study.StudyRun], output: Path) -> None:
 
 def attention_maps(args, runs: list[study.StudyRun], images: list[Path], output: Path) -> list[Path]:
     """Figure 2: the baseline's and DiffCLIP's first seed, the same queries on each image."""
-    shown = [args.baseline] + [v for v in ("diffclip", *study.VARIANTS) if v != args.baseline and v in args.variants][
-        :1
-    ]
-    models = [next(run for run in runs if run.variant == variant) for variant in shown]
+    models = [next(run for run in runs if run.variant == v) for v in study.compared_pair(args.variants, args.baseline)]
     queries = args.query or list(study.ATTENTION_QUERIES)
     figures = [output / "figures" / f"figure2_attention_{i + 1}.png" for i in range(len(images))]
     if args.dry_run:
@@ -222,8 +219,8 @@ def code_version() -> str:
 def report(args, runs, output: Path, attention: list[Path], started: float) -> Path:
     """results.md: how the study was run, the paper's tables and figures, and what the numbers support."""
     records = study.load_results(output / "results")
-    wanted = {run.name for run in runs}
-    records = [r for r in records if f"{r['study']['variant']}-seed{r['study']['seed']}" in wanted]
+    wanted = {(run.variant, run.seed) for run in runs}
+    records = [r for r in records if (r["study"]["variant"], r["study"]["seed"]) in wanted]
     variants, baseline = args.variants, args.baseline
     headline = study.summarize(records, study.HEADLINE)
     figures = output / "figures"
@@ -233,7 +230,7 @@ def report(args, runs, output: Path, attention: list[Path], started: float) -> P
         records, {"retrieval": ["text_retrieval_recall@5", "image_retrieval_recall@5"], "zeroshot": ["acc1"]}
     )
     mmvp = [r for r in study.summarize(records, {"mmvp": ["*"]}) if r.metric != "average"]
-    shown = [baseline] + [v for v in ("diffclip", *study.VARIANTS) if v != baseline and v in variants][:1]
+    shown = study.compared_pair(variants, baseline)
     figure1 = study.figure_bars(
         headline, shown, figures / "figure1_clip_vs_diffclip.png", "CLIP vs DiffCLIP across tasks"
     )
