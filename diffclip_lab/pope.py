@@ -12,6 +12,7 @@ that are not, in three splits that differ in how the absent objects are chosen (
 - Building new splits from any object-annotated image set, as the POPE authors' code does (`build_pope_splits`).
 """
 
+import functools
 import json
 import os
 import random
@@ -36,6 +37,7 @@ SPLITS = ("random", "popular", "adversarial")
 # LLaVA-1.5's short-answer prompt (its docs/Evaluation.md), which its POPE question file (llava_pope_test.jsonl)
 # appends to every question: "Is there a chair in the image?\nAnswer the question using a single word or phrase."
 SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
+QUESTION = "Is there {} in the image?"  # POPE's, with an article before the object
 QUESTION_KEYS = ("question_id", "image", "text", "label")
 OPTIONAL_KEYS = ("image_id",)  # the COCO image id, in the official files
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -134,7 +136,7 @@ def check_images(questions: Iterable[PopeQuestion], images_dir: str | os.PathLik
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"the images folder {images_dir} does not exist.")
-    missing = sorted({question.image for question in questions if not (images_dir / question.image).is_file()})
+    missing = sorted(image for image in {q.image for q in questions} if not (images_dir / image).is_file())
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UserError(f"{len(missing)} image(s) of the questions are not in {images_dir}: {shown}.")
@@ -225,6 +227,7 @@ def answer_questions(
     if batch_size > 1 and tokenizer.pad_token is None:
         raise UserError("the tokenizer has no padding token, so questions cannot be batched: use --batch_size 1.")
     answers = []
+    load_image = functools.lru_cache(maxsize=8)(_load_image)  # POPE asks each image its questions in a row
     batches = range(0, len(questions), batch_size)
     for start in tqdm(batches, desc=label, unit="batch", leave=False):
         batch = questions[start : start + batch_size]
@@ -233,7 +236,7 @@ def answer_questions(
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image", "image": _load_image(images_dir / question.image)},
+                        {"type": "image", "image": load_image(images_dir / question.image)},
                         {"type": "text", "text": question.text + SHORT_ANSWER_PROMPT},
                     ],
                 }
@@ -328,7 +331,7 @@ def read_object_annotations(path: str | os.PathLike) -> list[tuple[str, list[str
 def question_text(object_name: str) -> str:
     """'Is there a {object} in the image?', with 'an' before a name starting with a lower-case vowel, as in the
     released files ("Is there an orange in the image?")."""
-    return f"Is there {article(object_name)} in the image?"
+    return QUESTION.format(article(object_name))
 
 
 def build_pope_splits(

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from .files import atomic_write_text
+from .pope import QUESTION, SHORT_ANSWER_PROMPT, question_text  # the demo teaches POPE's questions
 from .shapes import CLASSNAMES, COLORS, SHAPES, article, cluttered_background, draw_in_quadrants
 
 
@@ -28,8 +29,6 @@ PARTNER_CHANCE = 0.6
 SPLIT_SEEDS = {"align": 0, "instruct": 500_003, "test": 1_000_003}
 CAPTION_PROMPTS = ("What is in the image?", "Describe the image briefly.", "List the shapes you see.")
 DESCRIBE_PROMPT = "What shapes are in the image?"
-QUESTION = "Is there {} in the image?"
-SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's, which POPE's prompts end with
 
 
 def scene_objects(rng: random.Random) -> list[str]:
@@ -87,7 +86,7 @@ def instruct_conversation(objects: list[str], rng: random.Random) -> list[dict]:
         absent.append(rng.choices(candidates, weights=[FREQUENCY[name] for name in candidates])[0])
         candidates.remove(absent[-1])
     questions = [(name, "Yes.") for name in present] + [(name, "No.") for name in absent]
-    turns = [(QUESTION.format(article(name)) + rng.choice(("", SHORT_ANSWER)), answer) for name, answer in questions]
+    turns = [(question_text(name) + rng.choice(("", SHORT_ANSWER_PROMPT)), answer) for name, answer in questions]
     turns.append((DESCRIBE_PROMPT, caption(objects) + "."))
     rng.shuffle(turns)
     conversation = []
@@ -101,7 +100,7 @@ def instruct_conversation(objects: list[str], rng: random.Random) -> list[dict]:
 
 def vocabulary() -> list[str]:
     """Every word and mark the demo's conversations (and POPE's prompt) use, for the tiny language model."""
-    texts = [*CAPTION_PROMPTS, DESCRIBE_PROMPT, QUESTION, SHORT_ANSWER, "a an and yes no"]
+    texts = [*CAPTION_PROMPTS, DESCRIBE_PROMPT, QUESTION, SHORT_ANSWER_PROMPT, "a an and yes no"]
     words = {word.strip("?.,{}").lower() for text in texts for word in text.split()}
     return sorted(words - {""} | set(COLORS) | set(SHAPES)) + [",", ".", "?"]
 
@@ -134,7 +133,8 @@ def language_texts(count: int) -> list[str]:
     """Plain text of the demo's conversations (no images), for the tiny language model to read first."""
     rng = random.Random("text")
     texts = []
-    for _, objects in scenes("align", count):
+    for index in range(count):
+        objects = scene_objects(random.Random(SPLIT_SEEDS["align"] + index))  # the scenes' objects, not drawn
         for make in (align_conversation, instruct_conversation):
             texts.append(" ".join(turn["value"].replace("<image>\n", "") for turn in make(objects, rng)))
     return texts

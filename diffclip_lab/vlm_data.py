@@ -17,9 +17,9 @@ import torch
 
 from .cli import UserError
 from .data import decode_image, load_image_text_dataset
+from .vlm import IMAGE_TOKEN as IMAGE
 
 
-IMAGE = "<image>"
 ROLES = {"human": "user", "gpt": "assistant"}
 IGNORE = -100  # the label of a token that is no target
 

@@ -28,12 +28,13 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab import pope, scenes
 from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.contrastive import parameter_groups
+from diffclip_lab.evaluation import load_pretrained
 from diffclip_lab.files import atomic_directory, atomic_write_text
 from diffclip_lab.publishing import check_can_push
 from diffclip_lab.recipes import VLM_RECIPES, apply_recipe
@@ -102,11 +103,7 @@ def stage_options(args, stage: str) -> argparse.Namespace:
 
 def load_vlm(name: str):
     """A vision-language model (`AutoModelForImageTextToText`) and its processor, or one clear error."""
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path_or_repo_id(name, "--model"))
-        processor = AutoProcessor.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise UserError(f"--model {name}: {str(error).strip().splitlines()[0]}") from None
+    model, processor = load_pretrained(path_or_repo_id(name, "--model"), model_class=AutoModelForImageTextToText)
     if not any(module.endswith("multi_modal_projector") for module, _ in model.named_modules()):
         raise UserError(f"--model {name} ({type(model).__name__}) is not a LLaVA-style model; build one first.")
     return model, processor
