@@ -8,9 +8,28 @@ describe differential attention and the few architectural switches the released 
 import copy
 import math
 
+import transformers
 from huggingface_hub.dataclasses import strict
-from transformers.configuration_utils import PreTrainedConfig
-from transformers.models.clip.configuration_clip import CLIPTextConfig, CLIPVisionConfig
+from transformers import configuration_utils
+from transformers.models.clip import modeling_clip
+
+
+# DiffCLIP's towers replace modules that CLIP's towers hold themselves from Transformers 5.6 on (before, inside a
+# `CLIPTextTransformer`/`CLIPVisionTransformer`); Transformers 4 has no `PreTrainedConfig` either.
+if not hasattr(configuration_utils, "PreTrainedConfig") or hasattr(modeling_clip, "CLIPTextTransformer"):
+    raise ImportError(
+        f"DiffCLIP needs Transformers 5.6 or newer, this is {transformers.__version__}: "
+        "pip install 'transformers>=5.6,<6'"
+    )
+
+from transformers.configuration_utils import PreTrainedConfig  # noqa: E402
+from transformers.models.clip.configuration_clip import CLIPTextConfig, CLIPVisionConfig  # noqa: E402
+
+
+try:  # 5.20 and newer: a composite config creates its sub-configs from these specs
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:
+    SubConfigSpec = None
 
 
 LAMBDA_SCHEDULES = ("constant", "dynamic")
@@ -150,7 +169,13 @@ class DiffCLIPConfig(PreTrainedConfig):
     """
 
     model_type = "diffclip"
-    sub_configs_defaults = {"text_config": DiffCLIPTextConfig, "vision_config": DiffCLIPVisionConfig}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "text_config": SubConfigSpec(config_class=DiffCLIPTextConfig),
+            "vision_config": SubConfigSpec(config_class=DiffCLIPVisionConfig),
+        }
+    else:  # before 5.20, the config classes only: `__post_init__` creates the sub-configs
+        sub_configs = {"text_config": DiffCLIPTextConfig, "vision_config": DiffCLIPVisionConfig}
 
     text_config: dict | DiffCLIPTextConfig | None = None
     vision_config: dict | DiffCLIPVisionConfig | None = None
@@ -159,6 +184,10 @@ class DiffCLIPConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
+        # Before 5.20 (no `sub_configs_defaults`), creating the sub-configs is left to the composite config.
+        for key, config_class in self.sub_configs.items():
+            if not isinstance(getattr(self, key), PreTrainedConfig):
+                setattr(self, key, config_class(**(getattr(self, key) or {})))
         super().__post_init__(**kwargs)
         # One shared embedding space: the towers' own projections (used alone by the *WithProjection models) match it.
         self.text_config.projection_dim = self.projection_dim

@@ -8,9 +8,9 @@ saved folder (which carries this file) loads with `trust_remote_code=True` anywh
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
 
-from .configuration_diffclip import DiffCLIPVisionConfig
+from .configuration_diffclip import DiffCLIPVisionConfig, SubConfigSpec
 
 
 @strict
@@ -24,10 +24,18 @@ class DiffCLIPLlavaConfig(LlavaConfig):
     """
 
     model_type = "diffclip_llava"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=DiffCLIPVisionConfig),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(config_class=DiffCLIPVisionConfig),
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        }
+    else:  # before 5.20, the config classes only: `__post_init__` creates the vision config, LLaVA the text config
+        sub_configs = {"vision_config": DiffCLIPVisionConfig, "text_config": AutoConfig}
+
+    def __post_init__(self, **kwargs):
+        if not isinstance(self.vision_config, PreTrainedConfig):
+            self.vision_config = DiffCLIPVisionConfig(**(self.vision_config or {}))
+        super().__post_init__(**kwargs)
 
 
 __all__ = ["DiffCLIPLlavaConfig"]

@@ -301,6 +301,14 @@ class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
     _no_split_modules = ["DiffCLIPTextEmbeddings", "DiffCLIPEncoderLayer", "DiffCLIPVisionEmbeddings"]
     _supports_flash_attn = False
 
+    def _backward_compatibility_gradient_checkpointing(self):
+        # Each DiffCLIP constructor runs its CLIP parent's first, whose `post_init` would turn `config.
+        # gradient_checkpointing` into checkpointing of the modules about to be replaced, and consume it: the
+        # DiffCLIP constructor's own `post_init`, the second, applies it.
+        if getattr(self, "_clip_post_init_done", False):
+            super()._backward_compatibility_gradient_checkpointing()
+        self._clip_post_init_done = True
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, DiffCLIPAttention):
@@ -424,13 +432,17 @@ class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassi
         self.post_init()
 
 
-# Transformers renames checkpoint keys by class name: CLIP's bare towers drop the dual encoder's `vision_model.` or
-# `text_model.` prefix, so that they load a CLIPModel checkpoint. DiffCLIP's towers get the same renaming; without it
-# they would load a DiffCLIPModel checkpoint as random weights. (Re-registered when trust_remote_code imports a copy.)
+# Transformers renames checkpoint keys by class name (5.18 and newer) or model type: CLIP's bare towers drop the dual
+# encoder's `vision_model.` or `text_model.` prefix, so that they load a CLIPModel checkpoint. DiffCLIP's towers get
+# the same renaming, under whichever key CLIP's has; without it they would load a DiffCLIPModel checkpoint as random
+# weights. (Re-registered when trust_remote_code imports a copy.)
 for _tower, _clip_tower in ((DiffCLIPVisionModel, CLIPVisionModel), (DiffCLIPTextModel, CLIPTextModel)):
-    register_checkpoint_conversion_mapping(
-        _tower.__name__, get_checkpoint_conversion_mapping(_clip_tower.__name__), overwrite=True
-    )
+    for _key, _clip_key in (
+        (_tower.__name__, _clip_tower.__name__),
+        (_tower.config_class.model_type, _clip_tower.config_class.model_type),
+    ):
+        if (_mapping := get_checkpoint_conversion_mapping(_clip_key)) is not None:
+            register_checkpoint_conversion_mapping(_key, _mapping, overwrite=True)
 
 
 __all__ = [

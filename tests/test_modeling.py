@@ -6,6 +6,7 @@ from conftest import tiny_config_kwargs
 from transformers import CLIPConfig, CLIPModel
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
+    CLIPEncoderLayer,
     CLIPForImageClassification,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -200,6 +201,30 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("model_class", "clip_class", "tower"),
+    [
+        (DiffCLIPModel, CLIPModel, None),
+        (DiffCLIPTextModel, CLIPTextModel, "text_config"),
+        (DiffCLIPVisionModel, CLIPVisionModel, "vision_config"),
+    ],
+)
+def test_gradient_checkpointing_from_the_config_as_clip(model_class, clip_class, tower):
+    """Transformers' common `test_gradient_checkpointing_backward_compatibility`: a config with
+    `gradient_checkpointing = True` builds a model that checkpoints, every encoder layer of it, as CLIP does."""
+    models = []
+    for cls, config in ((clip_class, CLIPConfig(**tiny_config_kwargs())), (model_class, variant_config("diffclip"))):
+        config = getattr(config, tower) if tower else config
+        config.gradient_checkpointing = True
+        models.append(cls(config))
+    for model in models:
+        assert model.is_activation_checkpointing, type(model).__name__
+        layers = [m for m in model.modules() if isinstance(m, CLIPEncoderLayer)]
+        assert layers, type(model).__name__
+        assert all(layer.gradient_checkpointing for layer in layers), type(model).__name__
+        assert not hasattr(model.config, "gradient_checkpointing")  # consumed, so not saved
 
 
 def test_interpolate_pos_encoding():
