@@ -7,6 +7,7 @@ vision tower with `AutoModel` itself before LLaVA's constructor asks for it.
 """
 
 from transformers import AutoModel, LlavaForConditionalGeneration
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from .configuration_diffclip_llava import DiffCLIPLlavaConfig
 from .modeling_diffclip import DiffCLIPVisionModel
@@ -26,6 +27,12 @@ class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         # The class of this very config: a folder loaded with trust_remote_code may hold two copies of its module.
         AutoModel.register(type(config.vision_config), DiffCLIPVisionModel, exist_ok=True)
         super().__init__(config)
+
+
+# Releases that rename checkpoint keys by model type (before 5.18) rename LLaVA's under `llava` only: this model type
+# gets the same renaming, or its language model would load as random weights there.
+if (_mapping := get_checkpoint_conversion_mapping("llava")) is not None:
+    register_checkpoint_conversion_mapping(DiffCLIPLlavaConfig.model_type, _mapping, overwrite=True)
 
 
 __all__ = ["DiffCLIPLlavaForConditionalGeneration"]
