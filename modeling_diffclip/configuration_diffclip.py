@@ -6,20 +6,18 @@ describe differential attention and the few architectural switches the released 
 """
 
 import copy
+import dataclasses
 import math
 
 import transformers
 from huggingface_hub.dataclasses import strict
 from transformers import configuration_utils
-from transformers.models.clip import modeling_clip
 
 
-# DiffCLIP's towers replace modules that CLIP's towers hold themselves from Transformers 5.6 on (before, inside a
-# `CLIPTextTransformer`/`CLIPVisionTransformer`); Transformers 4 has no `PreTrainedConfig` either.
-if not hasattr(configuration_utils, "PreTrainedConfig") or hasattr(modeling_clip, "CLIPTextTransformer"):
+if not hasattr(configuration_utils, "PreTrainedConfig"):  # Transformers 4 (`PretrainedConfig`)
     raise ImportError(
-        f"DiffCLIP needs Transformers 5.6 or newer, this is {transformers.__version__}: "
-        "pip install 'transformers>=5.6,<6'"
+        f"DiffCLIP needs Transformers 5.0 or newer, this is {transformers.__version__}: "
+        "pip install 'transformers>=5.0,<6'"
     )
 
 from transformers.configuration_utils import PreTrainedConfig  # noqa: E402
@@ -30,6 +28,39 @@ try:  # 5.20 and newer: a composite config creates its sub-configs from these sp
     from transformers.configuration_utils import SubConfigSpec
 except ImportError:
     SubConfigSpec = None
+
+# Transformers' configs are `@strict` dataclasses from 5.4 on; before, they take their fields as `__init__` arguments.
+_DATACLASS_CONFIGS = dataclasses.is_dataclass(PreTrainedConfig)
+
+
+def _config_class(cls):
+    """
+    Declare the config class `cls`, whose fields are annotated class attributes with defaults, as the installed
+    Transformers declares its own: `@strict` where configs are dataclasses; elsewhere with an `__init__` that passes
+    the fields, and the sub-configs built from them, as keyword arguments to the parent's `__init__` (which keeps
+    those it does not know as attributes), then runs `cls.__post_init__` and this file's `validate_*` checks, as a
+    strict dataclass does.
+    """
+    if _DATACLASS_CONFIGS:
+        return strict(cls)
+    defaults = {name: getattr(cls, name) for name in cls.__dict__.get("__annotations__", {})}
+    validators = {name for klass in cls.__mro__ if klass.__module__ == __name__ for name in vars(klass)}
+
+    def __init__(self, **kwargs):
+        kwargs = {**copy.deepcopy(defaults), **kwargs}
+        # This file's sub-configs are built first: a parent's `__init__` (LLaVA's) looks dicts up in `AutoConfig`.
+        for key, config_class in cls.sub_configs.items():
+            if config_class.__module__ == __name__ and not isinstance(kwargs.get(key), PreTrainedConfig):
+                kwargs[key] = config_class(**(kwargs.get(key) or {}))
+        super(cls, self).__init__(**kwargs)
+        if "__post_init__" in cls.__dict__:
+            cls.__post_init__(self)
+        for name in sorted(validators):
+            if name.startswith("validate_"):
+                getattr(self, name)()
+
+    cls.__init__ = __init__
+    return cls
 
 
 LAMBDA_SCHEDULES = ("constant", "dynamic")
@@ -67,7 +98,7 @@ class _DifferentialAttentionConfigMixin:
             )
 
 
-@strict
+@_config_class
 class DiffCLIPTextConfig(_DifferentialAttentionConfigMixin, CLIPTextConfig):
     r"""
     Configuration of the DiffCLIP text tower: a causal CLIP text transformer (EOT-token pooling) whose self-attention
@@ -99,7 +130,7 @@ class DiffCLIPTextConfig(_DifferentialAttentionConfigMixin, CLIPTextConfig):
     lambda_std_dev: float = 0.1
 
 
-@strict
+@_config_class
 class DiffCLIPVisionConfig(_DifferentialAttentionConfigMixin, CLIPVisionConfig):
     r"""
     Configuration of the DiffCLIP vision tower: a ViT with a class token whose self-attention layers may be
@@ -137,7 +168,7 @@ class DiffCLIPVisionConfig(_DifferentialAttentionConfigMixin, CLIPVisionConfig):
     patch_embedding_bias: bool = True
 
 
-@strict
+@_config_class
 class DiffCLIPConfig(PreTrainedConfig):
     r"""
     Configuration of a [`DiffCLIPModel`]: a text tower, a vision tower and their projections into a shared space.
@@ -188,7 +219,8 @@ class DiffCLIPConfig(PreTrainedConfig):
         for key, config_class in self.sub_configs.items():
             if not isinstance(getattr(self, key), PreTrainedConfig):
                 setattr(self, key, config_class(**(getattr(self, key) or {})))
-        super().__post_init__(**kwargs)
+        if _DATACLASS_CONFIGS:
+            super().__post_init__(**kwargs)
         # One shared embedding space: the towers' own projections (used alone by the *WithProjection models) match it.
         self.text_config.projection_dim = self.projection_dim
         self.vision_config.projection_dim = self.projection_dim
@@ -209,7 +241,7 @@ class DiffCLIPConfig(PreTrainedConfig):
             (config.vision_config, vision_differential),
         ):
             tower.use_differential_attention, tower.lambda_schedule = differential, schedule
-            tower.validate()
+            tower.validate_differential_attention()
         return config
 
     @property

@@ -6,14 +6,13 @@ only where this package is imported. This model type of its own names the vision
 saved folder (which carries this file) loads with `trust_remote_code=True` anywhere.
 """
 
-from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, LlavaConfig
 from transformers.configuration_utils import PreTrainedConfig
 
-from .configuration_diffclip import DiffCLIPVisionConfig, SubConfigSpec
+from .configuration_diffclip import _DATACLASS_CONFIGS, DiffCLIPVisionConfig, SubConfigSpec, _config_class
 
 
-@strict
+@_config_class
 class DiffCLIPLlavaConfig(LlavaConfig):
     r"""
     A [`~transformers.LlavaConfig`] with a [`DiffCLIPVisionConfig`] vision tower and any causal language model
@@ -35,7 +34,8 @@ class DiffCLIPLlavaConfig(LlavaConfig):
     def __post_init__(self, **kwargs):
         if not isinstance(self.vision_config, PreTrainedConfig):
             self.vision_config = DiffCLIPVisionConfig(**(self.vision_config or {}))
-        super().__post_init__(**kwargs)
+        if _DATACLASS_CONFIGS:
+            super().__post_init__(**kwargs)
 
 
 __all__ = ["DiffCLIPLlavaConfig"]

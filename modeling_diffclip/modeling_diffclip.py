@@ -17,6 +17,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip import modeling_clip
 from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
@@ -43,6 +44,27 @@ try:
     from transformers.initialization import no_init_weights
 except ImportError:  # only a speed-up (see below): without it, the modules replaced are initialised for nothing
     from contextlib import nullcontext as no_init_weights
+
+
+# Transformers 5.0-5.5 hold each CLIP tower's modules in a `CLIPTextTransformer`/`CLIPVisionTransformer` (the
+# tower's `text_model`/`vision_model`, which is what CLIP's dual and projection models hold); later releases hold them
+# in the tower itself. The checkpoint keys of the dual model are the same either way.
+_NESTED_TOWERS = hasattr(modeling_clip, "CLIPTextTransformer")
+
+
+def _tower_modules(tower: "DiffCLIPTextModel | DiffCLIPVisionModel") -> nn.Module:
+    """The module holding `tower`'s embeddings, encoder and norms, and that CLIP's other models hold as the tower."""
+    if not _NESTED_TOWERS:
+        return tower
+    return tower.text_model if isinstance(tower, CLIPTextModel) else tower.vision_model
+
+
+def _attention_function(name: str) -> Callable:
+    """The attention function registered as `name`, CLIP's own for "eager" (`get_interface` from 5.?; before, a
+    plain look-up)."""
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+    return eager_attention_forward if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
 
 
 class DiffCLIPRMSNorm(nn.Module):
@@ -203,9 +225,7 @@ class DiffCLIPAttention(CLIPAttention):
         dropout = 0.0 if not self.training else self.dropout
         # With dropout, each map must be dropped once for all of its value columns: only materialised maps allow that.
         materialised = self.config._attn_implementation == "eager" or dropout > 0
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            "eager" if materialised else self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface = _attention_function("eager" if materialised else self.config._attn_implementation)
         attend = partial(
             attention_interface, self, attention_mask=attention_mask, scaling=self.scale, dropout=dropout, **kwargs
         )
@@ -333,8 +353,9 @@ class DiffCLIPTextModel(DiffCLIPPreTrainedModel, CLIPTextModel):
     def __init__(self, config: DiffCLIPTextConfig):
         with no_init_weights():
             super().__init__(config)
-        self.embeddings = DiffCLIPTextEmbeddings(config)
-        self.encoder = DiffCLIPEncoder(config)
+        modules = _tower_modules(self)
+        modules.embeddings = DiffCLIPTextEmbeddings(config)
+        modules.encoder = DiffCLIPEncoder(config)
         self.post_init()  # initialises the new modules (those kept from CLIP's constructor are initialised already)
 
 
@@ -351,11 +372,12 @@ class DiffCLIPVisionModel(DiffCLIPPreTrainedModel, CLIPVisionModel):
     def __init__(self, config: DiffCLIPVisionConfig):
         with no_init_weights():
             super().__init__(config)
-        self.embeddings = DiffCLIPVisionEmbeddings(config)
+        modules = _tower_modules(self)
+        modules.embeddings = DiffCLIPVisionEmbeddings(config)
         # The released checkpoints (a timm ViT) have no LayerNorm between the embeddings and the encoder.
         if not config.pre_layernorm:
-            self.pre_layrnorm = nn.Identity()
-        self.encoder = DiffCLIPEncoder(config)
+            modules.pre_layrnorm = nn.Identity()
+        modules.encoder = DiffCLIPEncoder(config)
         self.post_init()
 
 
@@ -375,8 +397,8 @@ class DiffCLIPModel(DiffCLIPPreTrainedModel, CLIPModel):
     def __init__(self, config: DiffCLIPConfig):
         with no_init_weights():
             super().__init__(config)
-        self.text_model = DiffCLIPTextModel._from_config(config.text_config)
-        self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
+        self.text_model = _tower_modules(DiffCLIPTextModel._from_config(config.text_config))
+        self.vision_model = _tower_modules(DiffCLIPVisionModel._from_config(config.vision_config))
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -399,7 +421,7 @@ class DiffCLIPTextModelWithProjection(DiffCLIPPreTrainedModel, CLIPTextModelWith
     def __init__(self, config: DiffCLIPTextConfig):
         with no_init_weights():
             super().__init__(config)
-        self.text_model = DiffCLIPTextModel._from_config(config)
+        self.text_model = _tower_modules(DiffCLIPTextModel._from_config(config))
         self.post_init()
 
 
@@ -413,7 +435,7 @@ class DiffCLIPVisionModelWithProjection(DiffCLIPPreTrainedModel, CLIPVisionModel
     def __init__(self, config: DiffCLIPVisionConfig):
         with no_init_weights():
             super().__init__(config)
-        self.vision_model = DiffCLIPVisionModel._from_config(config)
+        self.vision_model = _tower_modules(DiffCLIPVisionModel._from_config(config))
         self.post_init()
 
 
@@ -428,7 +450,7 @@ class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassi
     def __init__(self, config: DiffCLIPConfig):
         with no_init_weights():
             super().__init__(config)
-        self.vision_model = DiffCLIPVisionModel._from_config(config.vision_config)
+        self.vision_model = _tower_modules(DiffCLIPVisionModel._from_config(config.vision_config))
         self.post_init()
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from .configuration_diffclip_llava import DiffCLIPLlavaConfig
-from .modeling_diffclip import DiffCLIPVisionModel
+from .modeling_diffclip import _NESTED_TOWERS, DiffCLIPVisionModel
 
 
 class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -22,6 +22,11 @@ class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     """
 
     config: DiffCLIPLlavaConfig
+    if _NESTED_TOWERS:  # 5.0-5.5 hold the vision tower's modules in its `vision_model` (see `_tower_modules`)
+        _checkpoint_conversion_mapping = {
+            **LlavaForConditionalGeneration._checkpoint_conversion_mapping,
+            r"^model\.vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_model.",
+        }
 
     def __init__(self, config: DiffCLIPLlavaConfig):
         # The class of this very config: a folder loaded with trust_remote_code may hold two copies of its module.

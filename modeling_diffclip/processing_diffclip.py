@@ -5,9 +5,14 @@ import gzip
 from pathlib import Path
 
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.clip.tokenization_clip import CLIPTokenizer
 from transformers.processing_utils import ProcessorMixin
+
+
+try:
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+except ImportError:  # before 5.4, the PIL-backed CLIP image processor is `CLIPImageProcessor`
+    from transformers.models.clip.image_processing_clip import CLIPImageProcessor as CLIPImageProcessorPil
 
 
 # OpenAI CLIP's BPE merges (MIT License, see data/LICENSE-CLIP-BPE.txt), as shipped by `open_clip_torch`.

@@ -23,12 +23,14 @@ from conftest import REPO_ROOT, WITHOUT_MODELING_DIFFCLIP, load_script, run_scri
 
 pytestmark = [pytest.mark.slow, pytest.mark.releases]
 
-# The lowest release `pyproject.toml` declares, one release of each quarter since (2026 Q2: 5.12.1, Q3: 5.18.0, Q4:
-# 5.20.2), the first whose composite configs take plain classes as sub-config specs (5.22.2), and the newest.
-SUPPORTED = ["5.6.0", "5.12.1", "5.18.0", "5.20.2", "5.22.2", "5.25.0"]
-# The first release of Transformers 5 (2026 Q1) and the last of Transformers 4: refused at import in one line.
-UNSUPPORTED = ["5.0.0", "4.57.6"]
-REFUSAL = "DiffCLIP needs Transformers 5.6 or newer"
+# The lowest release `pyproject.toml` declares (2026 Q1; configs with `__init__` arguments, CLIP towers nesting their
+# modules), the first with `@strict` dataclass configs (Q1), the first with flat CLIP towers (Q2), one release of each
+# quarter since (Q2: 5.12.1, Q3: 5.18.0, Q4: 5.20.2, the first with `SubConfigSpec`), the first whose composite
+# configs take plain classes as sub-config specs (5.22.2), and the newest.
+SUPPORTED = ["5.0.0", "5.4.0", "5.6.0", "5.12.1", "5.18.0", "5.20.2", "5.22.2", "5.25.0"]
+# The last release of Transformers 4: refused at import in one line.
+UNSUPPORTED = ["4.57.6"]
+REFUSAL = "DiffCLIP needs Transformers 5.0 or newer"
 CACHE = Path(os.environ.get("DIFFCLIP_RELEASES_CACHE", Path.home() / ".cache" / "diffclip-transformers-releases"))
 
 BUILD_LLAVA = load_script("convert/build_llava.py")
@@ -172,7 +174,7 @@ def test_an_older_release_is_refused_in_one_line_naming_the_release_needed(versi
     completed = load(release_environment(version), root, tmp_path / "there.pt")
     assert completed.returncode != 0
     last_line = completed.stderr.strip().splitlines()[-1]
-    assert f"{REFUSAL}, this is {version}: pip install 'transformers>=5.6,<6'" in last_line, completed.stderr[-3000:]
+    assert f"{REFUSAL}, this is {version}: pip install 'transformers>=5.0,<6'" in last_line, completed.stderr[-3000:]
 
 
 def test_the_declared_range_is_the_tested_one():
