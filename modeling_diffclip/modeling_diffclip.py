@@ -50,6 +50,11 @@ except ImportError:  # only a speed-up (see below): without it, the modules repl
 # tower's `text_model`/`vision_model`, which is what CLIP's dual and projection models hold); later releases hold them
 # in the tower itself. The checkpoint keys of the dual model are the same either way.
 _NESTED_TOWERS = hasattr(modeling_clip, "CLIPTextTransformer")
+# The modules nested there (top-level checkpoint keys of a bare tower from 5.6 on)
+_NESTED_MODULES = {
+    "text_model": ("embeddings", "encoder", "final_layer_norm"),
+    "vision_model": ("embeddings", "pre_layrnorm", "encoder", "post_layernorm"),
+}
 
 
 def _tower_modules(tower: "DiffCLIPTextModel | DiffCLIPVisionModel") -> nn.Module:
@@ -465,6 +470,17 @@ for _tower, _clip_tower in ((DiffCLIPVisionModel, CLIPVisionModel), (DiffCLIPTex
     ):
         if (_mapping := get_checkpoint_conversion_mapping(_clip_key)) is not None:
             register_checkpoint_conversion_mapping(_key, _mapping, overwrite=True)
+# Where CLIP nests its towers' modules (5.0-5.5), a bare tower saved by a later release lacks the prefix of its nested
+# module; a dual-encoder checkpoint has it already.
+if _NESTED_TOWERS:
+    from transformers.core_model_loading import WeightRenaming
+
+    for _tower, _attribute in ((DiffCLIPTextModel, "text_model"), (DiffCLIPVisionModel, "vision_model")):
+        register_checkpoint_conversion_mapping(
+            _tower.config_class.model_type,
+            [WeightRenaming(f"^{m}", f"{_attribute}.{m}") for m in _NESTED_MODULES[_attribute]],
+            overwrite=True,
+        )
 
 
 __all__ = [

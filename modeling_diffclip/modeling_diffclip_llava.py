@@ -10,7 +10,7 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from .configuration_diffclip_llava import DiffCLIPLlavaConfig
-from .modeling_diffclip import _NESTED_TOWERS, DiffCLIPVisionModel
+from .modeling_diffclip import _NESTED_MODULES, _NESTED_TOWERS, DiffCLIPVisionModel
 
 
 class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -22,11 +22,6 @@ class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     """
 
     config: DiffCLIPLlavaConfig
-    if _NESTED_TOWERS:  # 5.0-5.5 hold the vision tower's modules in its `vision_model` (see `_tower_modules`)
-        _checkpoint_conversion_mapping = {
-            **LlavaForConditionalGeneration._checkpoint_conversion_mapping,
-            r"^model\.vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_model.",
-        }
 
     def __init__(self, config: DiffCLIPLlavaConfig):
         # The class of this very config: a folder loaded with trust_remote_code may hold two copies of its module.
@@ -34,9 +29,18 @@ class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(config)
 
 
-# Releases that rename checkpoint keys by model type (before 5.18) rename LLaVA's under `llava` only: this model type
-# gets the same renaming, or its language model would load as random weights there.
-if (_mapping := get_checkpoint_conversion_mapping("llava")) is not None:
+# Releases that rename checkpoint keys by model type (before 5.18) rename LLaVA's under `llava` only, and those that
+# nest the vision tower's modules in its `vision_model` (before 5.6, see `_tower_modules`) need that prefix added:
+# this model type gets both renamings, or its weights would load as random ones there. (Not anchored: some releases
+# strip the `model.` prefix before renaming.)
+_mapping = get_checkpoint_conversion_mapping("llava") or []
+if _NESTED_TOWERS:
+    from transformers.core_model_loading import WeightRenaming
+
+    _mapping += [
+        WeightRenaming(f"vision_tower.{m}", f"vision_tower.vision_model.{m}") for m in _NESTED_MODULES["vision_model"]
+    ]
+if _mapping:
     register_checkpoint_conversion_mapping(DiffCLIPLlavaConfig.model_type, _mapping, overwrite=True)
 
 

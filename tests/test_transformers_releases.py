@@ -1,11 +1,11 @@
 """The code a checkpoint carries, under the Transformers releases its users have.
 
-A tiny DiffCLIP, DiffCLIP-LLaVA and, as the control, a Transformers CLIP of the same size are saved with the installed
-Transformers, then loaded in fresh virtual environments of other releases, with `trust_remote_code=True` and without
-this package, and their token ids, pixels and outputs compared with the saving environment's. The environments (torch
-and one Transformers release each) are built once under `~/.cache/diffclip-transformers-releases` (or
-`$DIFFCLIP_RELEASES_CACHE`) and reused; building one takes about 4 minutes. `.ci/run` runs this file:
-`python -m pytest -q -m releases tests/test_transformers_releases.py`.
+A tiny DiffCLIP, its bare towers, a DiffCLIP-LLaVA and, as the control, a Transformers CLIP of the same size are
+saved with the installed Transformers, then loaded in fresh virtual environments of other releases, with
+`trust_remote_code=True` and without this package, and their token ids, pixels and outputs compared with the saving
+environment's. The environments (torch and one Transformers release each) are built once under
+`~/.cache/diffclip-transformers-releases` (or `$DIFFCLIP_RELEASES_CACHE`) and reused; building one takes about 4
+minutes. `.ci/run` runs this file: `python -m pytest -q -m releases tests/test_transformers_releases.py`.
 """
 
 import importlib.metadata
@@ -66,6 +66,13 @@ LOAD = WITHOUT_MODELING_DIFFCLIP + textwrap.dedent(
             "image_embeds": output.image_embeds,
             "logits_per_image": output.logits_per_image,
         }
+    for name in ("diffclip-text", "diffclip-vision"):
+        tower = AutoModel.from_pretrained(root / name, trust_remote_code=True).eval()
+        tower_inputs = {"input_ids": results["diffclip"]["input_ids"]} if name.endswith("text") else {
+            "pixel_values": results["diffclip"]["pixel_values"]
+        }
+        with torch.no_grad():
+            results[name] = {"module": type(tower).__module__, "pooler_output": tower(**tower_inputs).pooler_output}
     llava = AutoModelForImageTextToText.from_pretrained(root / "diffclip-llava", trust_remote_code=True).eval()
     config = llava.config
     input_ids = torch.tensor([[1] + [config.image_token_index] * config.image_seq_length + [4, 5]])
@@ -119,10 +126,15 @@ def saved(saved_tiny_models, tmp_path_factory):
     """The tiny DiffCLIP and CLIP (each with its processor) and a DiffCLIP-LLaVA, saved here, and what they compute
     here (loaded the same way, in a fresh interpreter)."""
     from diffclip_lab.vlm import tiny_language_model
+    from modeling_diffclip import DiffCLIPModel
 
     root = tmp_path_factory.mktemp("releases")
     for name in ("diffclip", "clip"):
         shutil.copytree(saved_tiny_models[name], root / name)
+    # bare towers, whose checkpoint keys differ from the dual encoder's (and, before 5.6, from the module names)
+    dual = DiffCLIPModel.from_pretrained(root / "diffclip")
+    dual.text_model.save_pretrained(root / "diffclip-text")
+    dual.vision_model.save_pretrained(root / "diffclip-vision")
     model, tokenizer = tiny_language_model(["cat", "dog"], hidden_size=32)
     model.save_pretrained(root / "lm")
     tokenizer.save_pretrained(root / "lm")
@@ -163,6 +175,11 @@ def test_a_saved_diffclip_loads_and_computes_the_same_under_each_release(version
         clip_moved = largest_difference(result, expected, "clip", key)
         diffclip_moved = largest_difference(result, expected, "diffclip", key)
         assert diffclip_moved <= 2 * clip_moved + 1e-5, (key, diffclip_moved, clip_moved)
+    for name in ("diffclip-text", "diffclip-vision"):
+        assert result[name]["module"].startswith("transformers_modules."), name
+        torch.testing.assert_close(
+            result[name]["pooler_output"], expected[name]["pooler_output"], atol=1e-5, rtol=1e-5
+        )
     torch.testing.assert_close(
         result["diffclip-llava"]["logits"], expected["diffclip-llava"]["logits"], atol=1e-5, rtol=1e-5
     )
