@@ -62,12 +62,13 @@ class BatchPlan:
         num_epochs: int | None,
         warmup_ratio: float | None = None,
         warmup_epochs: float | None = None,
+        drop_last: bool = True,
     ) -> "BatchPlan":
         """
         The plan of a run from its options: the per-device batch is given or derived from the global one; the
         number of steps is `max_steps`, or `num_epochs` passes over a dataset of `dataset_length` samples (None for
         a stream); the warm-up is `warmup_epochs` (a stream: the same share of the run as the epochs would be) or
-        `warmup_ratio` of the steps.
+        `warmup_ratio` of the steps. Without `drop_last` an epoch ends with a smaller batch (one step more).
         """
         devices = num_processes * gradient_accumulation_steps
         if global_batch_size is not None:
@@ -80,7 +81,7 @@ class BatchPlan:
         global_batch = per_device_batch_size * devices
         steps_per_epoch = None
         if dataset_length is not None:
-            steps_per_epoch = dataset_length // global_batch
+            steps_per_epoch = dataset_length // global_batch if drop_last else -(-dataset_length // global_batch)
             if steps_per_epoch == 0:
                 raise UserError(
                     f"the dataset has {dataset_length} examples, fewer than one global batch of {global_batch}."
@@ -112,6 +113,7 @@ class BatchPlan:
             options.num_epochs,
             options.warmup_ratio,
             getattr(options, "warmup_epochs", None),
+            getattr(options, "drop_last", True),
         )
 
 
@@ -279,6 +281,38 @@ def batches(accelerator: Accelerator, loader, dataset, state: TrainingState) -> 
         if state.batches_in_epoch == batches_before:
             raise UserError("the dataset yielded no batch in a whole epoch; is it empty?")
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, module: torch.nn.Module, state, output_dir) -> None:
+    """
+    After a micro-batch's backward, on every process: stop the run at once, in one line naming the step, what was
+    not finite and the last good checkpoint, when the loss or (at an optimizer step) a gradient is NaN or infinite
+    on any process. With float16 loss scaling the gradients are the scaler's to check (it skips such steps).
+    """
+    gradients = []
+    if accelerator.sync_gradients and accelerator.scaler is None:
+        gradients = [p.grad for p in module.parameters() if p.grad is not None]
+    bad = torch.tensor(
+        [
+            float(not torch.isfinite(loss.detach()).all()),
+            float(bool(gradients) and not torch.isfinite(torch.nn.utils.get_total_norm(gradients)).item()),
+        ],
+        device=accelerator.device,
+    )
+    bad = accelerator.reduce(bad, reduction="sum")
+    if bad.any():
+        what = " and ".join(name for name, flag in zip(("the loss", "a gradient"), bad.tolist(), strict=True) if flag)
+        checkpoints = list_checkpoints(Path(output_dir))
+        last = (
+            f"the last good checkpoint is {checkpoints[-1]} (--resume_from_checkpoint)"
+            if checkpoints
+            else "no checkpoint was saved"
+        )
+        raise UserError(
+            f"step {state.global_step + 1}: {what} {'are' if bad.all() else 'is'} not finite (NaN or infinite); "
+            f"training stopped, {last}. "
+            "Lower the learning rate, or train in float32 or bf16."
+        )
 
 
 class Run:

@@ -39,6 +39,7 @@ from diffclip_lab.runs import (
     Training,
     add_run_arguments,
     batches,
+    check_finite,
     check_run_arguments,
     make_accelerator,
     plain_options,
@@ -213,6 +214,7 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
             image, text, logit_scale, lambdas = training.module(**batch)
             loss = contrastive_loss(image, text, logit_scale)
             accelerator.backward(loss)
+            check_finite(accelerator, loss, training.module, state, run.output_dir)
             training.optimizer.step()
             training.optimizer.zero_grad()
         if not accelerator.sync_gradients:
