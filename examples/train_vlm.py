@@ -24,6 +24,7 @@ on held-out scenes.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,6 +121,9 @@ def stage_options(args, stage: str) -> argparse.Namespace:
         options.gradient_checkpointing = True
     if options.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise UserError("--mixed_precision bf16: this GPU has no bfloat16; give --mixed_precision fp16 or no")
+    precision = options.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # or the launch's
+    if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would silently compute in float32
+        raise UserError("--mixed_precision fp16 has no effect without a GPU: give bf16 (which works on CPU) or no")
     return options
 
 

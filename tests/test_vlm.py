@@ -298,6 +298,11 @@ def test_a_conversation_longer_than_max_length_is_refused_in_one_line(built, tmp
                 [str(arg) for arg in args[:-2]] + [option, "16", "--output_dir", str(tmp_path / "x")]
             )
         assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match="^--mixed_precision fp16 has no effect without a GPU"):
+        TRAIN_VLM_SCRIPT.main(
+            [str(arg) for arg in args] + ["--mixed_precision", "fp16", "--output_dir", str(tmp_path / "y")]
+        )
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow  # accelerate launch, killed and resumed
@@ -622,3 +627,24 @@ def test_a_float16_model_folder_trains_both_stages_and_is_saved_in_float16(parts
         trained = ("multi_modal_projector",) if stage == "align" else ("multi_modal_projector", "language_model")
         assert {name for name in changed if not any(part in name for part in trained)} <= {"lm_head.weight"}
         assert any("multi_modal_projector" in name for name in changed)
+
+
+@pytest.mark.slow  # accelerate launch, 2 processes
+def test_the_fsdp_config_launches_llava15_stage_2_with_text_only_conversations(built, tmp_path):
+    """examples/configs/fsdp_vlm.yaml with 2 CPU processes (Accelerate runs FSDP configs as data parallelism on CPU):
+    LLaVA-1.5's stage-2 recipe on image and text-only conversations grouped by modality, a few steps to a model."""
+    path = demo_data(tmp_path, "instruct", 12)
+    records = json.loads(path.read_text())
+    text_only = [{"from": "human", "value": "Is there a red circle?"}, {"from": "gpt", "value": "Yes."}]
+    records += [{"id": f"text-{index}", "conversations": text_only} for index in range(8)]
+    path.write_text(json.dumps(records))
+    args = ["--model", built, "--stage", "instruct", "--dataset", path, "--recipe", "llava15", "--num_workers", 0]
+    args += ["--global_batch_size", 4, "--max_steps", 3, "--logging_steps", 1, "--output_dir", tmp_path / "out"]
+    config = REPO_ROOT / "examples" / "configs" / "fsdp_vlm.yaml"
+    accelerate_launch(TRAIN_VLM, *args, processes=2, config_file=config)
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert (results["global_step"], results["num_processes"], results["global_batch_size"]) == (3, 2, 4)
+    saved = json.loads((tmp_path / "out" / "run_config.json").read_text())["args"]
+    assert (saved["template"], saved["group_by_modality"], saved["model_max_length"]) == ("chat", True, 2048)
+    weights = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
