@@ -229,6 +229,29 @@ def training_dtypes(model, mixed_precision: str, sharded: bool = False) -> list[
     return [f"{len(names)} {dtype} parameters" for dtype, names in changed.items()]
 
 
+class VLMForTraining(torch.nn.Module):
+    """
+    The training forward of a LLaVA-style `model`: the loss of a batch. A batch without images (text-only
+    conversations) also runs one blank image through the vision tower and the projector and adds 0 × their output,
+    as LLaVA feeds zero images for text-only conversations: every process then uses every trained parameter at every
+    step, which DDP and FSDP need to reduce the gradients together (those parameters' gradient is 0 there).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if "pixel_values" in batch:
+            return loss
+        size = self.model.config.vision_config.image_size
+        projector = self.model.model.multi_modal_projector
+        blank = torch.zeros(1, 3, size, size, device=loss.device, dtype=next(projector.parameters()).dtype)
+        features = self.model.get_image_features(pixel_values=blank).pooler_output
+        return loss + 0.0 * sum(feature.sum() for feature in features)
+
+
 def save_vlm(
     model,
     processor,

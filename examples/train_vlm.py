@@ -59,6 +59,7 @@ from diffclip_lab.runs import (
     prepare_training,
 )
 from diffclip_lab.vlm import (
+    VLMForTraining,
     build_llava,
     pretrain_language_model,
     save_vlm,
@@ -212,7 +213,7 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
     run = Run(accelerator, options.output_dir, fingerprint, options.checkpoints_total_limit)
     resume_from = run.start(vars(options), options.resume_from_checkpoint, options.overwrite)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
-    training = prepare_training(accelerator, run, model, optimizer, data, loader, plan, resume_from)
+    training = prepare_training(accelerator, run, VLMForTraining(model), optimizer, data, loader, plan, resume_from)
     if accelerator.is_main_process:
         accelerator.init_trackers(f"vlm-{stage}", config=plain_options(options))
     logger.info(
@@ -235,7 +236,7 @@ def train(options, stage: str, training: Training, plan: BatchPlan, run: Run, ac
     loss = torch.tensor(float("nan"))
     for batch in batches(accelerator, training.loader, training.data, state):
         with accelerator.accumulate(training.module):
-            loss = training.module(**batch).loss
+            loss = training.module(**batch)
             accelerator.backward(loss)
             check_finite(accelerator, loss, training.module, state, run.output_dir)
             training.optimizer.step()
@@ -268,8 +269,10 @@ def finish(options, stage, training: Training, processor, plan, run: Run, accele
     }
     state_dict = accelerator.get_state_dict(training.module)
     if accelerator.is_main_process:
-        state_dict = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()}
-        model = accelerator.unwrap_model(training.module)
+        state_dict = {
+            name.removeprefix("model."): t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()
+        }
+        model = accelerator.unwrap_model(training.module).model
         if accelerator.distributed_type != DistributedType.FSDP:
             model.to(dtype)  # save_pretrained records the dtype of the parameters in the config
         provenance = (
