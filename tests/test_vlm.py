@@ -42,6 +42,7 @@ from diffclip_lab.vlm_data import (
     IGNORE,
     Conversation,
     ConversationEncoder,
+    ModalityGroupedSampler,
     collate_conversations,
     load_conversations,
     modality_grouped_indices,
@@ -502,6 +503,15 @@ def test_batches_are_grouped_by_modality_as_llavas_sampler_groups_them():
         for chunk in (megabatch[:batch], megabatch[batch:]):  # each process's batch, dealt longest first
             assert [abs(lengths[i]) for i in chunk] == sorted((abs(lengths[i]) for i in chunk), reverse=True)
     assert order[-(image % 8 + text % 8) :] == sorted(order[-(image % 8 + text % 8) :])
+    conversations = [
+        Conversation(str(i), None if n < 0 else "x.png", [turn("user", "w " * abs(n))]) for i, n in enumerate(lengths)
+    ]
+    sampler = ModalityGroupedSampler(conversations, batch, processes, seed=0)
+    assert sampler.lengths == lengths  # LLaVA's modality_lengths: words, negative without an image
+    first = list(sampler)
+    assert list(sampler) == first  # the same epoch, the same order (a resumed run skips the same batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # the next epoch reshuffled
 
 
 def test_llava15_step_counts_keep_the_last_smaller_batch():
