@@ -658,3 +658,20 @@ def test_the_fsdp_config_launches_llava15_stage_2_with_text_only_conversations(b
     assert (saved["template"], saved["group_by_modality"], saved["model_max_length"]) == ("chat", True, 2048)
     weights = load_file(tmp_path / "out" / "model" / "model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_llava15_turns_on_bf16_and_gradient_checkpointing_where_cuda_is(monkeypatch, built):
+    """LLaVA's scripts pass --bf16 True --gradient_checkpointing True; no GPU here, so CUDA's presence is patched."""
+    args = ["--model", str(built), "--stage", "instruct", "--dataset", "d.json", "--recipe", "llava15"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    options = TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+    assert (options.mixed_precision, options.gradient_checkpointing) == ("bf16", True)
+    given = TRAIN_VLM_SCRIPT.parse_args([*args, "--mixed_precision", "fp16"])
+    assert TRAIN_VLM_SCRIPT.stage_options(given, "instruct").mixed_precision == "fp16"  # the command line wins
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(UserError, match="^--mixed_precision bf16: this GPU has no bfloat16"):
+        TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    options = TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+    assert (options.mixed_precision, options.gradient_checkpointing) == (None, False)  # CPU: as launched
