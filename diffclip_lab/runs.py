@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from torch.distributed.tensor import DTensor
 from transformers import get_cosine_schedule_with_warmup
 
 from .cli import UserError, non_negative_int, positive_int
@@ -290,8 +291,9 @@ def check_finite(accelerator: Accelerator, loss: torch.Tensor, module: torch.nn.
     on any process. With float16 loss scaling the gradients are the scaler's to check (it skips such steps).
     """
     gradients = []
-    if accelerator.sync_gradients and accelerator.scaler is None:
+    if accelerator.sync_gradients and accelerator.scaler is None:  # each process its shard (FSDP), then summed
         gradients = [p.grad for p in module.parameters() if p.grad is not None]
+        gradients = [g.to_local() if isinstance(g, DTensor) else g for g in gradients]
     bad = torch.tensor(
         [
             float(not torch.isfinite(loss.detach()).all()),
