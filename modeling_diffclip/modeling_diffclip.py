@@ -305,7 +305,8 @@ class DiffCLIPTextEmbeddings(CLIPTextEmbeddings):
 
 
 class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
-    """CLIP's class token + patch + position embeddings, with an optional patch-embedding bias."""
+    """CLIP's class token + patch + position embeddings, with an optional patch-embedding bias; refuses missing or
+    malformed pixel values."""
 
     def __init__(self, config: DiffCLIPVisionConfig):
         super().__init__(config)
@@ -314,7 +315,14 @@ class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
                 config.num_channels, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True
             )
 
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding=False) -> torch.Tensor:
+        if (
+            pixel_values is None
+        ):  # e.g. the dual encoder run by the feature-extraction pipeline, which passes text only
+            raise ValueError(
+                "`pixel_values` is missing: pass images preprocessed by the model's processor (`pixel_values`). For "
+                "text embeddings alone, call `get_text_features(input_ids)` or load `DiffCLIPTextModelWithProjection`."
+            )
         num_channels = self.config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels or not pixel_values.is_floating_point():
             raise ValueError(
