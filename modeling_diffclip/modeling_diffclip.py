@@ -17,6 +17,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
+from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
@@ -333,12 +334,39 @@ class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
         return super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
 
 
+def _unsupported_attention(name: str) -> ValueError:
+    return ValueError(
+        f'DiffCLIP does not support attn_implementation="{name}": use "sdpa" (the default), "eager", '
+        '"flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4", a Hub FlashAttention '
+        'kernel such as "kernels-community/flash-attn2", or a function registered with AttentionInterface.register.'
+    )
+
+
 class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
     """Weight initialisation and loading conventions shared by all DiffCLIP models."""
 
     config: DiffCLIPConfig
     _no_split_modules = ["DiffCLIPTextEmbeddings", "DiffCLIPEncoderLayer", "DiffCLIPVisionEmbeddings"]
-    _supports_flash_attn = False
+    # What is tested (tests/test_attention_kernels.py, benchmarks/gpu_check.py on a GPU): the fused path's calls on
+    # sdpa, flex attention, and FlashAttention's contract as Transformers' `flash_attention_forward` takes it, which
+    # FlashAttention 2/3 and the Hub's flash kernels share; not serving backends (vLLM, TGI) nor paged attention.
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+    _supports_attention_backend = False
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        # For a name it does not know, Transformers would list its own names, paged attention among them.
+        if isinstance(attn_implementation, str) and "/" not in attn_implementation:
+            if attn_implementation.removeprefix("paged|") not in ["eager", *ALL_ATTENTION_FUNCTIONS]:
+                raise _unsupported_attention(attn_implementation)
+        implementation = super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        # Paged attention reads a paged KV cache, which an encoder has not; a Hub kernel without FlashAttention's
+        # varlen interface gets another of Transformers' wrappers, whose calls DiffCLIP has not been tested with.
+        flash_wrapped = ALL_ATTENTION_FUNCTIONS.get(implementation) is flash_attention_forward
+        if "paged" in implementation or ("/" in implementation and not flash_wrapped):
+            raise _unsupported_attention(implementation)
+        return implementation
 
     def _init_weights(self, module):
         super()._init_weights(module)
