@@ -317,9 +317,8 @@ class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
             )
 
     def forward(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding=False) -> torch.Tensor:
-        if (
-            pixel_values is None
-        ):  # e.g. the dual encoder run by the feature-extraction pipeline, which passes text only
+        # e.g. the dual encoder in the feature-extraction pipeline, which passes text only
+        if pixel_values is None:
             raise ValueError(
                 "`pixel_values` is missing: pass images preprocessed by the model's processor (`pixel_values`). For "
                 "text embeddings alone, call `get_text_features(input_ids)` or load `DiffCLIPTextModelWithProjection`."
