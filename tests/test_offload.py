@@ -49,8 +49,7 @@ def split_device_map(model) -> dict[str, str]:
     device_map = {}
     for name, module in model.named_modules():
         for parameter_name, _ in module.named_parameters(recurse=False):
-            key = name if name and not isinstance(module, DiffCLIPModel) else parameter_name
-            device_map[key] = "disk" if "layers.0." in f"{name}." else "cpu"
+            device_map[name or parameter_name] = "disk" if "layers.0." in f"{name}." else "cpu"
     return device_map
 
 
