@@ -675,3 +675,26 @@ def test_llava15_turns_on_bf16_and_gradient_checkpointing_where_cuda_is(monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     options = TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
     assert (options.mixed_precision, options.gradient_checkpointing) == (None, False)  # CPU: as launched
+
+
+def test_an_offloaded_diffclip_llava_computes_what_the_in_memory_one_does(built, tmp_path):
+    """Weights on disk, loaded by Accelerate's hooks module by module: the same logits (fp32, the same kernels, 1e-6).
+    The vision tower's sub-layer norms are moved away from ones, so that a weight left unloaded would show."""
+    model = AutoModelForImageTextToText.from_pretrained(built)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.model.vision_tower.named_parameters():
+            if "diff_norm" in name or "diff_lambda" in name:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path / "model")
+    processor = AutoProcessor.from_pretrained(built)
+    inputs = processor(
+        images=scene_image(), text="USER: <image>\nIs there a red circle? ASSISTANT:", return_tensors="pt"
+    )
+    expected = AutoModelForImageTextToText.from_pretrained(tmp_path / "model").eval()
+    offloaded = AutoModelForImageTextToText.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "10KB"}, offload_folder=tmp_path / "offload"
+    ).eval()
+    assert set(offloaded.hf_device_map.values()) == {"disk"}
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(**inputs).logits, expected(**inputs).logits, atol=1e-6, rtol=0)
