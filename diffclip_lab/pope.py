@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .cli import UserError
 from .evaluation import load_pretrained, provenance
 from .files import atomic_write_text
+from .images import UnreadableImage, read_image
 from .shapes import article
 from .tables import markdown_table
 
@@ -196,10 +197,10 @@ def load_vlm(name: str, device: str, dtype: str = "auto", trust_remote_code: boo
 
 
 def _load_image(path: Path) -> Image.Image:
+    """The image as displayed (`diffclip_lab/images.py`)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:  # missing, unreadable, or not an image (UnidentifiedImageError)
+        return read_image(path)
+    except UnreadableImage as error:  # missing, not an image, truncated or corrupt
         raise UserError(f"{path} does not decode as an image: {error}") from None
 
 

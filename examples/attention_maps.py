@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab.cli import UserError, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.evaluation import load_pretrained
+from diffclip_lab.images import UnreadableImage, read_image
 from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
 from diffclip_lab.tables import distinct_names
 
@@ -35,8 +35,8 @@ def main(argv=None) -> dict[str, list[Relevance]]:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        image = Image.open(args.image).convert("RGB")
-    except OSError as error:
+        image = read_image(args.image)
+    except UnreadableImage as error:
         raise UserError(f"cannot read the image {args.image}: {error}") from None
     labels = distinct_names(args.model)
     rows, maps, box = [], {}, None

@@ -35,6 +35,7 @@ from diffclip_lab.benchmarking import environment
 from diffclip_lab.cli import UserError, positive_int, run_main, setup_logging
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 from diffclip_lab.files import atomic_write_text
+from diffclip_lab.images import UnreadableImage, read_image
 from diffclip_lab.relevance import centre_crop_box, draw, relevance_map
 
 
@@ -187,12 +188,10 @@ def attention_maps(args, runs: list[study.StudyRun], images: list[Path], output:
     for run in models:  # the maps exist in the eager path only; float32 keeps their gradients exact
         model, processor = load_pretrained(str(run.path / "model"), attn_implementation="eager", dtype=torch.float32)
         loaded[run.name] = (model.to(args.device).eval(), processor)
-    from PIL import Image
-
     for path, figure in zip(images, figures, strict=True):
         try:
-            image = Image.open(path).convert("RGB")
-        except OSError as error:
+            image = read_image(path)
+        except UnreadableImage as error:
             raise UserError(f"cannot read the image {path}: {error}") from None
         rows = []
         for run in models:
