@@ -3,6 +3,7 @@
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,14 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0)
 
 
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, a whole number in [0, 2**32 - 1] (what NumPy's generator takes)."""
+    value = _bounded_int(text, 0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is above 2**32 - 1")
+    return value
+
+
 def _bounded_int(text: str, low: int) -> int:
     try:
         value = int(text)
@@ -74,4 +83,44 @@ def _bounded_int(text: str, low: int) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"{value} is below {low}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (a learning rate, an epsilon)."""
+    return _bounded_float(text, 0, float("inf"), low_included=False)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0 (a weight decay, warm-up epochs)."""
+    return _bounded_float(text, 0, float("inf"))
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (a warm-up ratio)."""
+    return _bounded_float(text, 0, 1)
+
+
+def beta(text: str) -> float:
+    """argparse type: a number in [0, 1), an Adam beta (torch refuses 1 and above)."""
+    return _bounded_float(text, 0, 1, high_included=False)
+
+
+def area_fraction(text: str) -> float:
+    """argparse type: a number in (0, 1], the smallest share of an image a random crop keeps."""
+    return _bounded_float(text, 0, 1, low_included=False)
+
+
+def _bounded_float(text: str, low: float, high: float, low_included=True, high_included=True) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    if value < low or (value == low and not low_included) or value > high or (value == high and not high_included):
+        if math.isinf(high):
+            raise argparse.ArgumentTypeError(f"{value:g} is {'below' if low_included else 'not above'} {low:g}")
+        interval = f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+        raise argparse.ArgumentTypeError(f"{value:g} is outside {interval}")
     return value
