@@ -64,7 +64,10 @@ SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the pro
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # named, so that the study's check of the options it passes on (examples/study.py) names this script too
+    parser = argparse.ArgumentParser(
+        prog="pretrain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--output_dir", default="outputs/diffclip-shapes", help="where checkpoints, the model and results go")
     add("--recipe", choices=list(PRETRAINING_RECIPES), default="demo", help="defaults for the options left unset")

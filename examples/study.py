@@ -17,6 +17,7 @@ checkpoint: rerun the same command to continue a study.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import torch
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab import study
 from diffclip_lab.benchmarking import environment
-from diffclip_lab.cli import UserError, positive_int, run_main, setup_logging
+from diffclip_lab.cli import UserError, positive_int, random_seed, run_main, setup_logging
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.images import UnreadableImage, read_image
@@ -59,7 +60,7 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--output_dir", required=True, help="the study's folder: runs/, results/, figures/, results.md")
     add("--variants", nargs="+", choices=study.VARIANTS, default=list(study.VARIANTS))
-    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--seeds", nargs="+", type=random_seed, default=[0, 1, 2])
     add("--baseline", choices=study.VARIANTS, default="clip", help="the variant the differences are taken to")
     add("--dataset", help="pretraining data (any layout pretrain.py reads); default: the demo's captioned shapes")
     add("--num_epochs", type=positive_int, help=f"epochs per run (default: {DEMO_EPOCHS} on the demo)")
@@ -95,24 +96,60 @@ def parse_args(argv=None):
         and not any(a in pretrain_args for a in ("--max_steps", "--num_epochs"))
     ):
         args.num_epochs = DEMO_EPOCHS
+    if own := sorted(set(STUDY_SETS) & {a.split("=")[0] for a in pretrain_args if a.startswith("--")}):
+        parser.error(
+            f"{', '.join(own)} after -- would override what the study sets for each run; use the study's own "
+            "options (--variants, --seeds, --dataset, --num_epochs, --checkpointing_steps, --output_dir)"
+        )
+    check_pretrain_options(args)
     return args
 
 
+# the pretrain.py options the study gives each run itself (`pretrain_command`)
+STUDY_SETS = (
+    "--variant",
+    "--seed",
+    "--output_dir",
+    "--resume_from_checkpoint",
+    "--checkpointing_steps",
+    "--dataset",
+    "--num_epochs",
+    "--overwrite",
+)
+
+
+def check_pretrain_options(args) -> None:
+    """pretrain.py's own check of a run's options (ranges, combinations), before the study writes or launches
+    anything: a bad option after -- stops here, with pretrain.py's message, not at the first launch."""
+    spec = importlib.util.spec_from_file_location("study_pretrain", EXAMPLES / "pretrain.py")
+    pretrain_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain_script)
+    for variant in args.variants:
+        run = study.StudyRun(variant, args.seeds[0], Path(args.output_dir) / "runs" / "check")
+        pretrain_script.parse_args(pretrain_arguments(args, run))
+
+
 def pretrain_command(args, run: study.StudyRun) -> list[str]:
-    """`accelerate launch examples/pretrain.py` for one run; it continues the run from its latest checkpoint."""
-    launch = ["accelerate", "launch"]
+    """`accelerate launch -q examples/pretrain.py` for one run (-q: a failed run shows its error, without the
+    launcher's traceback); it continues the run from its latest checkpoint."""
+    launch = ["accelerate", "launch", "-q"]
     if args.config_file:
         launch += ["--config_file", args.config_file]
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
-    script = [script_path("pretrain.py"), "--variant", run.variant, "--seed", str(run.seed)]
+    return [*launch, script_path("pretrain.py"), *pretrain_arguments(args, run)]
+
+
+def pretrain_arguments(args, run: study.StudyRun) -> list[str]:
+    """pretrain.py's options for one run: the study's, then those given after --."""
+    script = ["--variant", run.variant, "--seed", str(run.seed)]
     script += ["--output_dir", str(run.path), "--resume_from_checkpoint", "latest"]
     script += ["--checkpointing_steps", str(args.checkpointing_steps)]
     if args.dataset:
         script += ["--dataset", args.dataset]
     if args.num_epochs:
         script += ["--num_epochs", str(args.num_epochs)]
-    return launch + script + args.pretrain_args
+    return script + args.pretrain_args
 
 
 def pretrain(args, runs: list[study.StudyRun], timings_file: Path) -> None:
