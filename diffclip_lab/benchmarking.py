@@ -31,6 +31,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .cli import non_negative_int, positive_int
 from .files import atomic_write_text
 from .tables import markdown_table
 
@@ -49,8 +50,8 @@ def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argp
     parser.add_argument(
         "--batch_size", type=int, help="one batch size for every shape (default: per shape and device)"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each step (default: 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each candidate first (default: 1)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
     parser.add_argument(
         "--shapes",
         nargs="+",
