@@ -68,6 +68,24 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0)
 
 
+def device(text: str) -> str:
+    """argparse type: a torch device this machine has ("cpu", "cuda", "cuda:1", "mps")."""
+    import torch  # here: cli.py is imported by scripts that run without PyTorch (onnx_zero_shot.py)
+
+    try:
+        kind = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (kind.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(kind.type, True)
+    if not available:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no such device")
+    return text
+
+
 def random_seed(text: str) -> int:
     """argparse type: a random seed, a whole number in [0, 2**32 - 1] (what NumPy's generator takes)."""
     value = _bounded_int(text, 0)

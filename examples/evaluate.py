@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import non_negative_int, path_or_repo_id, positive_int, random_seed, run_main
+from diffclip_lab.cli import device, non_negative_int, path_or_repo_id, positive_int, random_seed, run_main
 from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.tables import distinct_names
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     add("--batch_size", type=positive_int, default=64)
     # image decoding workers; they are forked, which only Linux does by default
     add("--num_workers", type=non_negative_int, default=2 if sys.platform == "linux" else 0)
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     add("--cache_dir", default=os.path.join(Path.home(), ".cache", "diffclip", "features"))
     add("--no_cache", action="store_true", help="always recompute features")
     add("--trust_remote_code", action="store_true")

@@ -33,7 +33,7 @@ import torch
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab import study
 from diffclip_lab.benchmarking import environment
-from diffclip_lab.cli import UserError, positive_int, random_seed, run_main, setup_logging
+from diffclip_lab.cli import UserError, device, positive_int, random_seed, run_main, setup_logging
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.images import UnreadableImage, read_image
@@ -79,7 +79,7 @@ def parse_args(argv=None):
     add("--config_file", help="an Accelerate config for the pretraining launches")
     add("--num_processes", type=positive_int, help="processes per pretraining launch")
     add("--checkpointing_steps", type=positive_int, default=100, help="so that an interrupted run loses little")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the evaluations")
+    add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu", help="for the evaluations")
     add("--dry_run", action="store_true", help="print what would run, run nothing")
     args = parser.parse_args(argv)
     args.pretrain_args, args.command = pretrain_args, full

@@ -6,10 +6,20 @@ import math
 import re
 
 import pytest
+import torch
 from accelerate import Accelerator
 from conftest import load_script
 
-from diffclip_lab.cli import UserError, area_fraction, beta, fraction, non_negative_float, positive_float, random_seed
+from diffclip_lab.cli import (
+    UserError,
+    area_fraction,
+    beta,
+    device,
+    fraction,
+    non_negative_float,
+    positive_float,
+    random_seed,
+)
 from diffclip_lab.runs import RUN_CONFIG, BatchPlan, Run
 
 
@@ -114,3 +124,22 @@ def test_checking_a_run_folder_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         Run(accelerator, tmp_path / "a-file", {"seed": 0}).check()
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_devices_are_checked_against_this_machine():
+    assert device("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="not a torch device"):
+        device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(argparse.ArgumentTypeError, match="no such device"):
+            device("cuda")
+    with pytest.raises(argparse.ArgumentTypeError, match="no such device"):
+        device(f"cuda:{torch.cuda.device_count()}")  # one past the last
+
+
+def test_attention_maps_refuses_an_output_format_before_loading_anything(tmp_path, capsys):
+    script = load_script("examples/attention_maps.py")
+    with pytest.raises(SystemExit) as exit:
+        script.main(["--model", "absent", "--image", "absent.png", "--query", "q", "--output", "maps.xyz"])
+    assert exit.value.code == 2
+    assert "--output maps.xyz: matplotlib writes no 'xyz' files" in capsys.readouterr().err
