@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from diffclip_lab.benchmarking import cell, environment, spread, write_json
-from diffclip_lab.cli import UserError, area_fraction, non_negative_int, positive_float, positive_int, run_main
+from diffclip_lab.cli import UserError, non_negative_int, positive_int, run_main
 from diffclip_lab.data import (
     ExampleEncoder,
     ImageTransform,
@@ -79,12 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="loader worker counts, 0 = in the training process (default: 0, 1, 2, 4 ... and the number of CPUs)",
     )
     add("--decoding", nargs="+", choices=DECODING, default=list(DECODING), help="JPEG decoding (default: both)")
-    add("--draft_gap", type=positive_float, default=2.0, help="decoding 'draft': ImageTransform's draft_gap (2)")
+    add("--draft_gap", type=float, default=2.0, help="decoding 'draft': ImageTransform's draft_gap (default: 2)")
     add("--batch_size", type=positive_int, default=64, help="images per batch (default: 64)")
     add("--batches", type=positive_int, default=4, help="timed batches per worker and round (default: 4)")
     add("--repeats", type=positive_int, default=3, help="rounds over all candidates (default: 3)")
     add("--image_size", type=positive_int, default=224, help="the crop the model takes (default: 224)")
-    add("--crop_scale", type=area_fraction, default=0.5, help="random crops of this share of the area or more (0.5)")
+    add("--crop_scale", type=float, default=0.5, help="random crops of this fraction of the area or more (0.5)")
     add("--shuffle_buffer", type=positive_int, default=64, help="shuffle buffer of the stream (default: 64)")
     add("--compare", type=positive_int, default=128, help="images whose draft and full decodings are compared")
     add("--device", choices=("cpu", "cuda"), default="cpu", help="where batches are handed over (default: cpu)")
