@@ -39,7 +39,7 @@ import onnxscript
 import torch
 
 from diffclip_lab.benchmarking import cell, environment, paired_ratio, spread, time_interleaved, write_json
-from diffclip_lab.cli import non_negative_int, positive_int
+from diffclip_lab.cli import ArgumentParser, non_negative_int, positive_int
 from diffclip_lab.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
 from diffclip_lab.recipes import MODEL_CONFIGS
 from diffclip_lab.tables import markdown_table
@@ -60,7 +60,7 @@ HEADERS = ["encoder", "candidate", "median ms", "IQR ms", "samples/s", "speed-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
     parser.add_argument("--batch_size", type=positive_int, help="images and captions per call (default: 8, tiny 32)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")

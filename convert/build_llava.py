@@ -13,7 +13,7 @@ it with trust_remote_code=True where this package is not installed); a CLIP one,
 import argparse
 import logging
 
-from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.publishing import check_can_push, push_output
 from diffclip_lab.vlm import build_and_save
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vision_model", required=True, help="a DiffCLIP or Transformers CLIP folder or Hub id")
     parser.add_argument("--language_model", required=True, help="a causal language model folder or Hub id")
     parser.add_argument(

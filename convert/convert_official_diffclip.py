@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import add_output_arguments, fraction, positive_int, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, add_output_arguments, fraction, positive_int, run_main, setup_logging
 from diffclip_lab.conversion import convert_official_checkpoint, resolve_checkpoint
 from diffclip_lab.publishing import check_can_push, push_output
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt, or a Hub repo id holding it")
     parser.add_argument("--filename", default="checkpoint_best.pt", help="file to download from a Hub repo")
     add_output_arguments(parser)

@@ -31,7 +31,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .cli import non_negative_int, positive_int
+from .cli import ArgumentParser, non_negative_int, positive_int
 from .files import atomic_write_text
 from .tables import markdown_table
 
@@ -42,7 +42,7 @@ MODES = ("forward", "train")  # inference forward; forward + loss + backward
 
 def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argparse.Namespace:
     """The options both scripts take; `extra_flags` maps a flag name to its help (boolean flags)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), help="parameter and input dtype (default: float32 on CPU, bfloat16 on CUDA)"

@@ -25,6 +25,14 @@ class UserError(Exception):
         super().__init__(message)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with an option's error in one line (`prog: error: ...`, status 2) instead of the whole usage
+    first: a training script's usage runs to 25 lines, and `--help` prints it when asked."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def run_main(main: Callable[[], Any]) -> NoReturn:
     """Run a script's `main()` and exit: status 0, or `error: <message>` on stderr and status 1 for a `UserError`."""
     try:

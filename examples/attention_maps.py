@@ -15,7 +15,7 @@ import torch
 from matplotlib.backend_bases import FigureCanvasBase
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import UserError, device, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, device, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.evaluation import load_pretrained
 from diffclip_lab.images import UnreadableImage, read_image
 from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> dict[str, list[Relevance]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="a folder or Hub id; repeat to compare")
     parser.add_argument("--image", required=True)
     parser.add_argument("--query", action="append", required=True, help="a text query; repeat for several")

@@ -18,14 +18,22 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import device, non_negative_int, path_or_repo_id, positive_int, random_seed, run_main
+from diffclip_lab.cli import (
+    ArgumentParser,
+    device,
+    non_negative_int,
+    path_or_repo_id,
+    positive_int,
+    random_seed,
+    run_main,
+)
 from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.tables import distinct_names
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", action="append", required=True, help="a folder or Hub id; repeat to compare models")
     add("--task", choices=TASKS, required=True)

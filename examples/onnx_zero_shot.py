@@ -20,7 +20,7 @@ import onnxruntime
 from PIL import Image
 from tokenizers import Tokenizer
 
-from diffclip_lab.cli import UserError, run_main
+from diffclip_lab.cli import ArgumentParser, UserError, run_main
 from diffclip_lab.images import UnreadableImage, read_image
 
 
@@ -123,7 +123,7 @@ class ZeroShotClassifier:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a folder written by convert/export_onnx.py")
     parser.add_argument("image", help="an image file")
     parser.add_argument("--labels", nargs="+", required=True, help="the candidate labels")

@@ -21,6 +21,7 @@ from transformers import AutoConfig
 
 from diffclip_lab import shapes
 from diffclip_lab.cli import (
+    ArgumentParser,
     UserError,
     area_fraction,
     beta,
@@ -65,7 +66,7 @@ SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the pro
 
 def parse_args(argv=None):
     # named, so that the study's check of the options it passes on (examples/study.py) names this script too
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pretrain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument

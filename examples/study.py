@@ -33,7 +33,7 @@ import torch
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab import study
 from diffclip_lab.benchmarking import environment
-from diffclip_lab.cli import UserError, device, positive_int, random_seed, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, device, positive_int, random_seed, run_main, setup_logging
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.images import UnreadableImage, read_image
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     argv = full = list(sys.argv[1:] if argv is None else argv)
     pretrain_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--output_dir", required=True, help="the study's folder: runs/, results/, figures/, results.md")
     add("--variants", nargs="+", choices=study.VARIANTS, default=list(study.VARIANTS))
@@ -96,7 +96,9 @@ def parse_args(argv=None):
         and not any(a in pretrain_args for a in ("--max_steps", "--num_epochs"))
     ):
         args.num_epochs = DEMO_EPOCHS
-    if own := sorted(set(STUDY_SETS) & {a.split("=")[0] for a in pretrain_args if a.startswith("--")}):
+    study_sets = {*STUDY_SETS, *(["--dataset"] if args.dataset else [])}
+    study_sets |= {"--num_epochs"} if args.num_epochs else set()
+    if own := sorted(study_sets & {a.split("=")[0] for a in pretrain_args if a.startswith("--")}):
         parser.error(
             f"{', '.join(own)} after -- would override what the study sets for each run; use the study's own "
             "options (--variants, --seeds, --dataset, --num_epochs, --checkpointing_steps, --output_dir)"
@@ -105,16 +107,15 @@ def parse_args(argv=None):
     return args
 
 
-# the pretrain.py options the study gives each run itself (`pretrain_command`)
+# the pretrain.py options the study gives every run itself (`pretrain_arguments`; --dataset and --num_epochs too
+# when the study is given them)
 STUDY_SETS = (
     "--variant",
     "--seed",
     "--output_dir",
     "--resume_from_checkpoint",
     "--checkpointing_steps",
-    "--dataset",
-    "--num_epochs",
-    "--overwrite",
+    "--overwrite",  # would delete a run the study continues
 )
 
 

@@ -4,11 +4,13 @@ schedule checks of `BatchPlan`, `Run.check` writing nothing, and each script's o
 import argparse
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import load_script
+from conftest import REPO_ROOT, load_script
 
 from diffclip_lab.cli import (
     UserError,
@@ -143,3 +145,19 @@ def test_attention_maps_refuses_an_output_format_before_loading_anything(tmp_pat
         script.main(["--model", "absent", "--image", "absent.png", "--query", "q", "--output", "maps.xyz"])
     assert exit.value.code == 2
     assert "--output maps.xyz: matplotlib writes no 'xyz' files" in capsys.readouterr().err
+
+
+def test_an_option_error_is_one_line_not_the_usage(tmp_path):
+    """The first round's finding: pretrain.py's 25 lines of usage before the error."""
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--learning_rate", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        "pretrain.py: error: argument --learning_rate: -1 is not above 0 (--help lists the options)"
+    ]
+    assert list(tmp_path.iterdir()) == []

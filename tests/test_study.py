@@ -128,6 +128,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
         (["--seeds", "-1"], "--seeds: -1 is below 0"),
         (["--", "--seed", "4"], "--seed after -- would override what the study sets for each run"),
         (["--", "--output_dir=elsewhere"], "--output_dir after -- would override"),
+        (["--num_epochs", "2", "--", "--num_epochs", "3"], "--num_epochs after -- would override"),
         # pretrain.py's own checks, before the study writes or launches anything
         (["--", "--learning_rate", "-1"], "pretrain.py: error: argument --learning_rate: -1 is not above 0"),
         (["--", "--adam_beta2", "1"], "pretrain.py: error: argument --adam_beta2: 1 is outside [0, 1)"),
