@@ -27,8 +27,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 
-# what Pillow raises for bytes that are no image, or a truncated or corrupt one
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+# what Pillow raises for bytes that are no image, a truncated or corrupt one, or one of over 2 × MAX_IMAGE_PIXELS
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 WHITE = (255, 255, 255, 255)

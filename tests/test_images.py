@@ -279,3 +279,9 @@ def test_training_crops_are_drawn_on_the_upright_photo_decoded_at_reduced_size_o
         assert draft.draft(open_image(data), (0, 0, 192, 256)) == 1 / 4  # the crops below are decoded reduced
         difference = (draft(open_image(data), random.Random(index)).int() - expected.int()).abs().float()
         assert difference.mean() <= 1, index  # as close as for an upright JPEG (test_image_text_data.py)
+
+
+def test_a_decompression_bomb_is_refused_not_a_crash(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses images over twice this
+    with pytest.raises(UnreadableImage, match="decompression bomb"):
+        read_image(encoded(Image.new("RGB", (20, 20)), "PNG"))
