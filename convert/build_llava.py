@@ -18,7 +18,7 @@ weights whatever the folder's dtype. A DiffCLIP vision tower gives a `diffclip_l
 import argparse
 import logging
 
-from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.publishing import check_can_push, push_output
 from diffclip_lab.vlm import build_and_save
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vision_model", required=True, help="a DiffCLIP or Transformers CLIP folder or Hub id")
     parser.add_argument("--language_model", required=True, help="a causal language model folder or Hub id")
     parser.add_argument(

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .cli import UserError
 from .evaluation import load_pretrained, provenance
 from .files import atomic_write_text
+from .images import UnreadableImage, read_image
 from .shapes import article
 from .tables import markdown_table
 from .vlm import CHAT_TEMPLATES
@@ -231,10 +232,10 @@ def pope_chat_template(model, processor, prompt: str = "auto") -> tuple[str, str
 
 
 def _load_image(path: Path) -> Image.Image:
+    """The image as displayed (`diffclip_lab/images.py`)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:  # missing, unreadable, or not an image (UnidentifiedImageError)
+        return read_image(path)
+    except UnreadableImage as error:  # missing, not an image, truncated or corrupt
         raise UserError(f"{path} does not decode as an image: {error}") from None
 
 

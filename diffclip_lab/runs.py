@@ -25,7 +25,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.distributed.tensor import DTensor
 from transformers import get_cosine_schedule_with_warmup
 
-from .cli import UserError, non_negative_int, positive_int
+from .cli import UserError, fraction, non_negative_float, non_negative_int, positive_float, positive_int, random_seed
 from .files import atomic_directory, atomic_write_text
 from .publishing import push_folder_to_hub
 
@@ -95,8 +95,18 @@ class BatchPlan:
             warmup_steps = round(warmup_ratio * max_steps)
         elif steps_per_epoch:
             warmup_steps = round(warmup_epochs * steps_per_epoch)
-        else:
+        elif num_epochs:
             warmup_steps = round(warmup_epochs / num_epochs * max_steps)
+        else:
+            raise UserError(
+                "a streamed dataset has no epochs to count the warm-up in: give --warmup_ratio, or --num_epochs for "
+                "--warmup_epochs to be a share of."
+            )
+        if warmup_steps > max_steps:
+            raise UserError(
+                f"the warm-up ({warmup_steps} steps) is longer than the run ({max_steps} steps): shorten "
+                "--warmup_epochs / --warmup_ratio or train longer."
+            )
         return cls(
             num_processes, per_device_batch_size, gradient_accumulation_steps, steps_per_epoch, max_steps, warmup_steps
         )
@@ -143,10 +153,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--per_device_batch_size", type=positive_int)
     add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
     add("--gradient_accumulation_steps", type=positive_int, default=1, help="micro-batches per optimizer step")
-    add("--learning_rate", type=float)
-    add("--weight_decay", type=float)
-    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
-    add("--seed", type=int, default=0)
+    add("--learning_rate", type=positive_float)
+    add("--weight_decay", type=non_negative_float)
+    add("--warmup_ratio", type=fraction, help="warm-up as a fraction of all steps")
+    add("--seed", type=random_seed, default=0)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
     add("--gradient_checkpointing", action="store_true")
     add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
@@ -319,8 +329,9 @@ def check_finite(accelerator: Accelerator, loss: torch.Tensor, module: torch.nn.
 
 class Run:
     """
-    One training run's folder. `start` checks it (another run there is refused unless resuming it or overwriting
-    it) and finds the checkpoint to resume from; then `save_checkpoint`, `log`, `model_folder`, `write_results` and
+    One training run's folder. `check` checks it (another run there is refused unless resuming it or overwriting
+    it) and finds the checkpoint to resume from, `record` writes the run's first file when training starts (`start`
+    does both); then `save_checkpoint`, `log`, `model_folder`, `write_results` and
     `push` write into it. Every method is called on all processes; only the main process writes.
     """
 
@@ -329,9 +340,18 @@ class Run:
         self.fingerprint, self.checkpoints_total_limit = fingerprint, checkpoints_total_limit
 
     def start(self, settings: dict, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
-        """Prepare the folder and record the run's settings; returns the checkpoint to resume from, if any."""
+        """Prepare the folder and record the run's settings (`check`, then `record`); returns the checkpoint to
+        resume from, if any."""
+        resume_from = self.check(resume_from_checkpoint, overwrite)
+        self.record(settings, overwrite)
+        return resume_from
+
+    def check(self, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
+        """Whether the folder can take this run, writing nothing; returns the checkpoint to resume from, if any."""
         resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
         run_file = self.output_dir / RUN_CONFIG
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise UserError(f"--output_dir {self.output_dir} is a file; give a folder (new, or empty).")
         if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not run_file.exists() and not overwrite:
             raise UserError(
                 f"{self.output_dir} holds files that are not a run of this script; choose a new or empty "
@@ -348,6 +368,12 @@ class Run:
                 raise UserError(
                     f"{self.output_dir} holds another run, with other {differences}; use another --output_dir."
                 )
+        return resume_from
+
+    def record(self, settings: dict, overwrite: bool = False) -> None:
+        """The run's first file, `run_config.json` (after the folder's old content with `overwrite`): written when
+        training starts, so that a run refused before then leaves the folder as it was."""
+        run_file = self.output_dir / RUN_CONFIG
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if overwrite and self.output_dir.exists():
@@ -356,7 +382,6 @@ class Run:
             record = {"run_fingerprint": self.fingerprint, "args": settings}
             atomic_write_text(run_file, json.dumps(record, indent=2, default=str))
         self.accelerator.wait_for_everyone()
-        return resume_from
 
     def _checkpoint_to_resume(self, resume_from_checkpoint: str | None) -> Path | None:
         """The checkpoint to resume from, checked to belong to this run; None to start from the beginning."""

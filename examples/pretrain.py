@@ -20,7 +20,18 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from diffclip_lab import shapes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.cli import (
+    ArgumentParser,
+    UserError,
+    area_fraction,
+    beta,
+    non_negative_float,
+    path_or_repo_id,
+    positive_float,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
 from diffclip_lab.data import (
     ImageTransform,
@@ -55,7 +66,10 @@ SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the pro
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # named, so that the study's check of the options it passes on (examples/study.py) names this script too
+    parser = ArgumentParser(
+        prog="pretrain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--output_dir", default="outputs/diffclip-shapes", help="where checkpoints, the model and results go")
     add("--recipe", choices=list(PRETRAINING_RECIPES), default="demo", help="defaults for the options left unset")
@@ -79,11 +93,11 @@ def parse_args(argv=None):
         "--eval_label_column", default="label", help="label column of a datasets layout (ClassLabel names the classes)"
     )
     add("--eval_template", action="append", help="zero-shot prompt with {c} (repeatable; default 'a photo of a {c}.')")
-    add("--warmup_epochs", type=float, help="warm-up in epochs (overrides --warmup_ratio)")
-    add("--adam_beta1", type=float, default=0.9)
-    add("--adam_beta2", type=float, default=0.98)
-    add("--adam_epsilon", type=float)
-    add("--crop_scale", type=float, help="random crops of this fraction of the area or more; 1 = centre crop")
+    add("--warmup_epochs", type=non_negative_float, help="warm-up in epochs (overrides --warmup_ratio)")
+    add("--adam_beta1", type=beta, default=0.9)
+    add("--adam_beta2", type=beta, default=0.98)
+    add("--adam_epsilon", type=positive_float)
+    add("--crop_scale", type=area_fraction, help="random crops of this share of the area or more; 1 = centre crop")
     add("--torch_compile", action="store_true")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
@@ -337,8 +351,9 @@ def main(argv=None) -> dict:
         "learning_rate": args.learning_rate,
     }
     run = Run(accelerator, args.output_dir, fingerprint, args.checkpoints_total_limit)
-    resume_from = run.start(vars(args), args.resume_from_checkpoint, args.overwrite)
+    resume_from = run.check(args.resume_from_checkpoint, args.overwrite)
     training = prepare(args, model, data, loader, plan, run, resume_from, accelerator)
+    run.record(vars(args), args.overwrite)  # the run folder's first file, now that training starts
     if accelerator.is_main_process:
         accelerator.init_trackers("diffclip-pretrain", config=plain_options(args))
     logger.info(
