@@ -21,7 +21,13 @@ from transformers import AutoConfig
 
 from diffclip_lab import shapes
 from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
-from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
+from diffclip_lab.contrastive import (
+    DualEncoderForTraining,
+    accumulated_step,
+    cap_logit_scale,
+    contrastive_loss,
+    parameter_groups,
+)
 from diffclip_lab.data import (
     ImageTransform,
     image_text_loader,
@@ -202,21 +208,30 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
     progress.set_description("pretrain")
     images_at_start, clock = state.images_seen, time.perf_counter()
     skipped_in_step = skips_logged = 0
+    micro_batches = []  # of the optimizer step under way, with gradient accumulation
+
+    def model_inputs(batch: dict) -> dict:
+        return training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
+
     training.module.train()
     for batch in batches(accelerator, training.loader, training.data, state):
         for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
             logger.warning(f"Skipped sample {sample}", main_process_only=False)
             skips_logged += 1
-        batch = training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
         skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
-        with accelerator.accumulate(training.module):
-            image, text, logit_scale, lambdas = training.module(**batch)
-            loss = contrastive_loss(image, text, logit_scale)
-            accelerator.backward(loss)
-            training.optimizer.step()
-            training.optimizer.zero_grad()
-        if not accelerator.sync_gradients:
-            continue
+        if plan.gradient_accumulation_steps == 1:
+            with accelerator.accumulate(training.module):
+                image, text, logit_scale, lambdas = training.module(**model_inputs(batch))
+                loss = contrastive_loss(image, text, logit_scale)
+                accelerator.backward(loss)
+        else:  # the whole global batch as negatives (never checkpointed between the micro-batches of a step)
+            micro_batches.append(batch)
+            if len(micro_batches) < plan.gradient_accumulation_steps:
+                continue
+            loss, logit_scale, lambdas = accumulated_step(accelerator, training.module, micro_batches, model_inputs)
+            micro_batches = []
+        training.optimizer.step()
+        training.optimizer.zero_grad()
         training.scheduler.step()
         cap_logit_scale(accelerator, accelerator.unwrap_model(training.module).model)
         state.global_step += 1
