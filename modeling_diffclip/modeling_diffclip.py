@@ -320,6 +320,14 @@ class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
         Norms start at one (zero bias); projections N(0, width^-1/2) as CLIP; logit scale `logit_scale_init_value`
         (log(1/0.07)).
         """
+        if isinstance(module, (CLIPAttention, CLIPMLP)):  # not CLIP's rules (Transformers' differ from OpenAI's)
+            if isinstance(module, DiffCLIPAttention):
+                for parameter in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
+                    init.normal_(parameter, mean=0.0, std=module.config.lambda_std_dev)
+            for layer in module.children():
+                if isinstance(layer, nn.Linear):
+                    _official_linear_init(module, layer)
+            return
         super()._init_weights(module)  # norms, buffers, projections and the classifier are CLIP's
         if isinstance(module, CLIPTextEmbeddings):
             factor = self.config.initializer_factor
@@ -330,12 +338,9 @@ class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
             init.normal_(module.class_embedding, std=1e-6 * factor)
             init.trunc_normal_(module.position_embedding.weight, std=0.02 * factor)
             _torch_default_init(module.patch_embedding, factor)
-        elif isinstance(module, DiffCLIPAttention):
-            for parameter in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
-                init.normal_(parameter, mean=0.0, std=module.config.lambda_std_dev)
         elif isinstance(module, nn.Linear):
-            # Transformers skips the attention and MLP modules of custom code (they own no parameter): their linear
-            # layers are initialised one by one, by the rule of the block they belong to.
+            # Transformers skips the modules of custom code that own no parameter (CLIP's attention and MLP): their
+            # linear layers are also initialised one by one, by the rule of the block they belong to.
             block = next(
                 (b for b in self.modules() if isinstance(b, (CLIPAttention, CLIPMLP)) and module in b.children()), None
             )
