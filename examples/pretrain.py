@@ -5,7 +5,9 @@
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py   # 2 CPU processes
 
 The contrastive loss is computed over the global batch: every process gathers the features of all the others, with
-gradients, so N processes with per-device batch B train exactly as one process with batch N·B.
+gradients, so N processes with per-device batch B train exactly as one process with batch N·B; with
+--gradient_accumulation_steps K, each of the K micro-batches of a step too (exact accumulation, one more forward pass
+per micro-batch: see `diffclip_lab.contrastive.accumulated_step`).
 """
 
 import argparse
