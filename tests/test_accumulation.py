@@ -169,7 +169,8 @@ print(accumulated_peak, peak_mib() - before)
 """
 
 
-def test_accumulated_step_needs_far_less_memory_than_the_whole_batch(tmp_path):
+@pytest.mark.slow  # a fresh process, for its own high-water mark
+def test_accumulated_step_needs_far_less_memory_than_the_whole_batch():
     """Peak resident memory of a fresh process (CPU), over the weights and inputs: 8 micro-batches of 16 against one
     batch of 128 of 96-px images, whose activations dominate (measured: 29 against 102 MiB)."""
     tests = str(Path(__file__).parent)
