@@ -69,10 +69,14 @@ def assert_same_gradients(actual: dict, expected: dict) -> None:
         torch.testing.assert_close(actual[name], grad, rtol=1e-4, atol=atol, msg=name)
 
 
-def test_four_micro_batches_of_eight_have_the_loss_and_gradients_of_one_batch_of_32():
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "gradient checkpointing"])
+def test_four_micro_batches_of_eight_have_the_loss_and_gradients_of_one_batch_of_32(checkpointing):
     batch = global_batch()
     expected_loss, expected = one_batch_step(make_trainer(), batch)
-    loss, actual = accumulated(make_trainer(), split(batch, MICRO_BATCH))
+    trainer = make_trainer()
+    if checkpointing:
+        trainer.model.activation_checkpointing_enable()
+    loss, actual = accumulated(trainer, split(batch, MICRO_BATCH))
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert "model.logit_scale" in actual  # the temperature's gradient, counted once
     assert_same_gradients(actual, expected)
