@@ -5,7 +5,9 @@
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py   # 2 CPU processes
 
 The contrastive loss is computed over the global batch: every process gathers the features of all the others, with
-gradients, so N processes with per-device batch B train exactly as one process with batch N·B.
+gradients, so N processes with per-device batch B train exactly as one process with batch N·B; with
+--gradient_accumulation_steps K, each of the K micro-batches of a step too (exact accumulation, one more forward pass
+per micro-batch: see `diffclip_lab.contrastive.accumulated_step`).
 """
 
 import argparse
@@ -32,7 +34,13 @@ from diffclip_lab.cli import (
     run_main,
     setup_logging,
 )
-from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
+from diffclip_lab.contrastive import (
+    DualEncoderForTraining,
+    accumulated_step,
+    cap_logit_scale,
+    contrastive_loss,
+    parameter_groups,
+)
 from diffclip_lab.data import (
     ImageTransform,
     image_text_loader,
@@ -217,22 +225,31 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
     progress.set_description("pretrain")
     images_at_start, clock = state.images_seen, time.perf_counter()
     skipped_in_step = skips_logged = 0
+    micro_batches = []  # of the optimizer step under way, with gradient accumulation
+
+    def model_inputs(batch: dict) -> dict:
+        return training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
+
     training.module.train()
     for batch in batches(accelerator, training.loader, training.data, state):
         for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
             logger.warning(f"Skipped sample {sample}", main_process_only=False)
             skips_logged += 1
-        batch = training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
         skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
-        with accelerator.accumulate(training.module):
-            image, text, logit_scale, lambdas = training.module(**batch)
-            loss = contrastive_loss(image, text, logit_scale)
-            accelerator.backward(loss)
-            check_finite(accelerator, loss, training.module, state, run.output_dir)
-            training.optimizer.step()
-            training.optimizer.zero_grad()
-        if not accelerator.sync_gradients:
-            continue
+        if plan.gradient_accumulation_steps == 1:
+            with accelerator.accumulate(training.module):
+                image, text, logit_scale, lambdas = training.module(**model_inputs(batch))
+                loss = contrastive_loss(image, text, logit_scale)
+                accelerator.backward(loss)
+        else:  # the whole global batch as negatives (never checkpointed between the micro-batches of a step)
+            micro_batches.append(batch)
+            if len(micro_batches) < plan.gradient_accumulation_steps:
+                continue
+            loss, logit_scale, lambdas = accumulated_step(accelerator, training.module, micro_batches, model_inputs)
+            micro_batches = []
+        check_finite(accelerator, loss, training.module, state, run.output_dir)
+        training.optimizer.step()
+        training.optimizer.zero_grad()
         training.scheduler.step()
         cap_logit_scale(accelerator, accelerator.unwrap_model(training.module).model)
         state.global_step += 1

@@ -21,6 +21,7 @@ from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
+    CLIPMLP,
     CLIPAttention,
     CLIPEncoder,
     CLIPEncoderLayer,
@@ -130,8 +131,9 @@ class DiffCLIPLambda(nn.Module):
     (Accelerate's offloading hooks load them there) and PEFT's `modules_to_save` can name them (`"diff_lambda"`).
     """
 
-    def __init__(self, head_dim: int, lambda_init: float):
+    def __init__(self, head_dim: int, lambda_init: float, std_dev: float):
         super().__init__()
+        self.std_dev = std_dev  # of the vectors' normal initialisation
         self.lambda_q1 = nn.Parameter(torch.zeros(head_dim))
         self.lambda_k1 = nn.Parameter(torch.zeros(head_dim))
         self.lambda_q2 = nn.Parameter(torch.zeros(head_dim))
@@ -173,7 +175,7 @@ class DiffCLIPAttention(CLIPAttention):
         super().__init__(config)
         self.layer_idx = layer_idx
         self.lambda_init = config.layer_lambda_init(layer_idx)
-        self.diff_lambda = DiffCLIPLambda(self.head_dim, self.lambda_init)
+        self.diff_lambda = DiffCLIPLambda(self.head_dim, self.lambda_init, config.lambda_std_dev)
         self.diff_norm = DiffCLIPRMSNorm(2 * self.head_dim, eps=1e-5)
 
     def lambda_full(self) -> torch.Tensor:
@@ -368,12 +370,85 @@ class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
         return implementation
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, DiffCLIPLambda):  # (reached from the tower that holds it, whose config has the std)
+        """
+        A new model starts as the official code's does (https://github.com/hammoudhasan/DiffCLIP, whose CLIP baseline
+        is SLIP's CLIP), tower by tower; every std and bound is scaled by `initializer_factor` (1 by default).
+
+        Text tower, differential or not (OpenAI CLIP's `initialize_parameters`, width w, L layers): token embeddings
+        N(0, 0.02), positions N(0, 0.01), q/k/v N(0, w^-1/2), out_proj N(0, w^-1/2 (2L)^-1/2), fc1 N(0, (2w)^-1/2),
+        fc2 N(0, w^-1/2 (2L)^-1/2); biases as the official modules leave them: PyTorch's default U(±fan_in^-1/2) for
+        the MLP and for differential attention's `nn.Linear`s, zero for CLIP's `nn.MultiheadAttention`.
+
+        Vision tower (a timm ViT): positions trunc-normal(0.02), class token N(0, 1e-6), patch embedding PyTorch's
+        default. A plain tower's linear layers are timm's: trunc-normal(0.02) weights, zero biases. The official
+        differential ViT builds its blocks after timm's initialisation has run, so their linear layers keep PyTorch's
+        default, U(±fan_in^-1/2) for weights and biases; λ vectors N(0, lambda_std_dev) in both towers.
+
+        Norms start at one (zero bias); projections N(0, width^-1/2) as CLIP; logit scale `logit_scale_init_value`
+        (log(1/0.07)).
+        """
+        if isinstance(module, DiffCLIPLambda):
             for parameter in module.parameters():
-                init.normal_(parameter, mean=0.0, std=self.config.lambda_std_dev)
+                init.normal_(parameter, mean=0.0, std=module.std_dev)
+            return
+        if isinstance(module, (CLIPAttention, CLIPMLP)):  # not CLIP's rules (Transformers' differ from OpenAI's)
+            for layer in module.children():
+                if isinstance(layer, nn.Linear):
+                    _official_linear_init(module, layer)
+            return
+        super()._init_weights(module)  # norms, buffers, projections and the classifier are CLIP's
+        if isinstance(module, CLIPTextEmbeddings):
+            factor = self.config.initializer_factor
+            init.normal_(module.token_embedding.weight, std=0.02 * factor)
+            init.normal_(module.position_embedding.weight, std=0.01 * factor)
+        elif isinstance(module, CLIPVisionEmbeddings):
+            factor = module.config.initializer_factor
+            init.normal_(module.class_embedding, std=1e-6 * factor)
+            init.trunc_normal_(module.position_embedding.weight, std=0.02 * factor)
+            _torch_default_init(module.patch_embedding, factor)
+        elif isinstance(module, nn.Linear):
+            # Transformers skips the modules of custom code that own no parameter (CLIP's attention and MLP): their
+            # linear layers are also initialised one by one, by the rule of the block they belong to.
+            block = next(
+                (b for b in self.modules() if isinstance(b, (CLIPAttention, CLIPMLP)) and module in b.children()), None
+            )
+            if block is not None:
+                _official_linear_init(block, module)
         elif isinstance(module, DiffCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+def _torch_default_init(layer: nn.Linear | nn.Conv2d, factor: float) -> None:
+    """PyTorch's own initialisation of a linear or convolution layer: weight and bias U(±fan_in^-1/2)."""
+    bound = factor * layer.weight[0].numel() ** -0.5
+    init.uniform_(layer.weight, -bound, bound)
+    if layer.bias is not None:
+        init.uniform_(layer.bias, -bound, bound)
+
+
+def _official_linear_init(block: CLIPAttention | CLIPMLP, layer: nn.Linear) -> None:
+    """The official code's initialisation of one linear layer of an attention or MLP block (see
+    `DiffCLIPPreTrainedModel._init_weights`)."""
+    config = block.config
+    factor = config.initializer_factor
+    if not isinstance(config, CLIPTextConfig):  # vision: timm's ViT, or PyTorch's default in a differential ViT
+        if config.use_differential_attention:
+            _torch_default_init(layer, factor)
+        else:
+            init.trunc_normal_(layer.weight, std=0.02 * factor)
+            init.zeros_(layer.bias)
+        return
+    width, depth = config.hidden_size, config.num_hidden_layers
+    name = next(name for name, child in block.named_children() if child is layer)
+    # q/k/v and fc1 read the residual stream; out_proj and fc2 write into it
+    std = {"q_proj": width**-0.5, "k_proj": width**-0.5, "v_proj": width**-0.5, "fc1": (2 * width) ** -0.5}.get(
+        name, width**-0.5 * (2 * depth) ** -0.5
+    )
+    if isinstance(block, (CLIPMLP, DiffCLIPAttention)):
+        _torch_default_init(layer, factor)  # for the bias; the weight is drawn below
+    else:  # nn.MultiheadAttention's zero biases
+        init.zeros_(layer.bias)
+    init.normal_(layer.weight, std=std * factor)
 
 
 class DiffCLIPTextModel(DiffCLIPPreTrainedModel, CLIPTextModel):

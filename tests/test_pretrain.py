@@ -91,15 +91,25 @@ def test_bad_samples_are_skipped_and_counted(one_process_run):
     assert results["num_processes"] == 1
 
 
-def test_samples_are_counted_across_accumulated_micro_batches(webdataset, tmp_path):
+def test_accumulated_micro_batches_train_as_one_batch_count_samples_and_resume(webdataset, one_process_run, tmp_path):
+    one, _ = one_process_run
     output = tmp_path / "accumulated"
-    args = ["--per_device_batch_size", 4, "--gradient_accumulation_steps", 2, *COMMON]
-    launch("--dataset", webdataset, "--output_dir", output, *args)
+    args = ["--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 4]
+    args += ["--gradient_accumulation_steps", 2, "--checkpointing_steps", 4, *COMMON]
+    launch(*args)
     results = json.loads((output / "eval_results.json").read_text())
     # 12 steps of 2 micro-batches of 4 = 96 samples, two epochs over 48, each skipping the 3 broken samples
     assert results["global_batch_size"] == 8
     assert results["skipped_samples"] == 2 * len(BAD_KEYS)
     assert results["images_seen"] == 96 - 2 * len(BAD_KEYS) == metrics(output)[12]["images_seen"]
+    single, accumulated = metrics(one), metrics(output)
+    for step in single:  # the whole global batch as negatives: the losses and gradients of batches of 8
+        assert accumulated[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4, abs=1e-5), step
+
+    finished = load_file(output / "model" / "model.safetensors")
+    launch(*args, "--resume_from_checkpoint", output / "checkpoint-8")  # its steps 9 to 12 again
+    for name, tensor in load_file(output / "model" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, finished[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_fine_tuning_a_saved_diffclip_says_where_it_came_from(webdataset, saved_tiny_models, tmp_path):
