@@ -339,13 +339,6 @@ class Run:
         self.accelerator, self.output_dir = accelerator, Path(output_dir)
         self.fingerprint, self.checkpoints_total_limit = fingerprint, checkpoints_total_limit
 
-    def start(self, settings: dict, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
-        """Prepare the folder and record the run's settings (`check`, then `record`); returns the checkpoint to
-        resume from, if any."""
-        resume_from = self.check(resume_from_checkpoint, overwrite)
-        self.record(settings, overwrite)
-        return resume_from
-
     def check(self, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
         """Whether the folder can take this run, writing nothing; returns the checkpoint to resume from, if any."""
         resume_from = self._checkpoint_to_resume(resume_from_checkpoint)

@@ -19,7 +19,7 @@ import json
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.pope import (
     PROMPTS,
@@ -34,7 +34,7 @@ from diffclip_lab.pope import (
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", required=True, help="a folder or Hub id of an image-text-to-text model")
     add("--questions", action="append", required=True, help="a POPE question file (JSON lines); repeat for splits")

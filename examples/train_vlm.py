@@ -40,7 +40,7 @@ from transformers import AutoModelForImageTextToText
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab import pope, scenes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.contrastive import parameter_groups
 from diffclip_lab.evaluation import load_pretrained
 from diffclip_lab.files import atomic_directory, atomic_write_text
@@ -82,7 +82,7 @@ DEMO_SCENES = {"align": 3000, "instruct": 6000, "test": 300}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", help="a VLM folder (convert/build_llava.py, or a previous stage's model/); the demo builds one")
     add("--stage", choices=["align", "instruct"], help="align: the projector only; instruct: projector and LM")
@@ -211,8 +211,9 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
         "pad_to_square": options.pad_to_square,
     }
     run = Run(accelerator, options.output_dir, fingerprint, options.checkpoints_total_limit)
-    resume_from = run.start(vars(options), options.resume_from_checkpoint, options.overwrite)
+    resume_from = run.check(options.resume_from_checkpoint, options.overwrite)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
+    run.record(vars(options), options.overwrite)  # the folder's first file, once nothing can refuse the run
     training = prepare_training(accelerator, run, VLMForTraining(model), optimizer, data, loader, plan, resume_from)
     if accelerator.is_main_process:
         accelerator.init_trackers(f"vlm-{stage}", config=plain_options(options))

@@ -82,6 +82,28 @@ def test_pretrain_refuses_out_of_range_options_before_anything_else(option, valu
     assert not (tmp_path / "run").exists()
 
 
+TRAIN_VLM = load_script("examples/train_vlm.py")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--learning_rate", "0", "0 is not above 0"),
+        ("--warmup_ratio", "2", r"2 is outside \[0, 1\]"),
+        ("--model_max_length", "0", "0 is below 1"),
+        ("--num_workers", "-2", "-2 is below 0"),
+    ],
+)
+def test_train_vlm_refuses_out_of_range_options_before_anything_else(option, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        TRAIN_VLM.main([option, value, "--output_dir", str(tmp_path / "run")])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(f"argument {option}: {message}", err)
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def plan(**options) -> BatchPlan:
     defaults = dict(
         num_processes=1,
