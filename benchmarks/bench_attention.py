@@ -59,7 +59,7 @@ def attention_modules(shape: dict, args) -> dict:
         if weights is None:
             with torch.no_grad():  # λ and the norm weight away from their initial values, so every term counts
                 for name, parameter in module.named_parameters():
-                    if name.startswith("lambda_") or name == "diff_norm.weight":
+                    if name.startswith("diff_lambda.") or name == "diff_norm.weight":
                         parameter.normal_(1.0 if name == "diff_norm.weight" else 0.0, 0.3)
             weights = module.state_dict()
         module.load_state_dict(weights)

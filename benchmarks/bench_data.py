@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from diffclip_lab.benchmarking import cell, environment, spread, write_json
-from diffclip_lab.cli import UserError, non_negative_int, positive_int, run_main
+from diffclip_lab.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 from diffclip_lab.data import (
     ExampleEncoder,
     ImageTransform,
@@ -68,7 +68,7 @@ WORDS = (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--resolutions", nargs="+", type=positive_int, default=[256, 384, 512, 1024], help="short sides to write")
     add("--shards", help="time these webdataset shards instead: a folder, a shard, a brace pattern or an a::b list")

@@ -39,6 +39,7 @@ import onnxscript
 import torch
 
 from diffclip_lab.benchmarking import cell, environment, paired_ratio, spread, time_interleaved, write_json
+from diffclip_lab.cli import ArgumentParser, non_negative_int, positive_int
 from diffclip_lab.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
 from diffclip_lab.recipes import MODEL_CONFIGS
 from diffclip_lab.tables import markdown_table
@@ -59,13 +60,13 @@ HEADERS = ["encoder", "candidate", "median ms", "IQR ms", "samples/s", "speed-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
-    parser.add_argument("--batch_size", type=int, help="images and captions per call (default: 8, tiny 32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each step (default: 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each candidate first (default: 1)")
+    parser.add_argument("--batch_size", type=positive_int, help="images and captions per call (default: 8, tiny 32)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
     parser.add_argument("--candidates", nargs="+", choices=tuple(CANDIDATES), default=DEFAULT_CANDIDATES)
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset of the exported graphs")
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of the exported graphs")
     parser.add_argument("--output", type=Path, help="write the results as JSON to this file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):

@@ -8,13 +8,15 @@ The logic of the GPU check, `benchmarks/gpu_check.sh OUTPUT_DIR`, which runs its
     python benchmarks/gpu_check.py report OUTPUT_DIR --work DIR   # OUTPUT_DIR/gpu_check.json and gpu_check.md
 
 The steps (`plan_steps`): the backend comparison (`backends`: eager, sdpa and flex_attention in float32 and bfloat16,
-forward and backward, on a DiffCLIP attention layer of ViT-B/16 width and on the demo's tiny model, and which SDPA
-kernel the fused path reaches), `bench_model.py` at ViT-B/16 in bfloat16, the demo pretraining in bf16 and a
-`--torch_compile` training run. Each step has a time limit; together they stay under 8 minutes.
+FlashAttention 2/3 and the Hub's flash kernels in bfloat16 where the machine has them, forward and backward, on a
+DiffCLIP attention layer of ViT-B/16 width and on the demo's tiny model, and which SDPA kernel the fused path
+reaches), `bench_model.py` at ViT-B/16 in bfloat16, the demo pretraining in bf16 and a `--torch_compile` training
+run. Each step has a time limit; together they stay under 8 minutes.
 """
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -314,6 +316,14 @@ def _finite(value):
 
 
 BACKENDS = ("eager", "sdpa", "flex_attention")
+# FlashAttention as Transformers runs it (bfloat16 only: it has no float32 kernel): the flash-attn packages, else the
+# Hub's kernels (which need the `kernels` package and the Hub, or its cache). Recorded as not run where unavailable.
+FLASH_BACKENDS = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn2",
+    "kernels-community/vllm-flash-attn3",
+)
 DTYPES = ("float32", "bfloat16")
 # aten operators behind F.scaled_dot_product_attention, by the kernel they run
 SDPA_KERNELS = {
@@ -543,6 +553,23 @@ def forced_kernel(target: Target, dtype_name: str, device: str, kernel: str, exp
     return {"kernel": kernel, "ran": True, "output_error": errors["output"], "input_grad_error": errors["input_grad"]}
 
 
+def flash_unavailable(backend: str, device: str) -> str | None:
+    """Why a FlashAttention backend cannot run here, in one line (Transformers' own check names what is missing), or
+    None when it can."""
+    if device != "cuda":
+        return "needs a CUDA GPU"
+    if "/" in backend and importlib.util.find_spec("kernels") is None:
+        return "needs the kernels package (and the Hub, or its cache)"
+    from diffclip_lab.recipes import MODEL_CONFIGS
+    from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
+
+    try:
+        DiffCLIPModel._from_config(DiffCLIPConfig(**MODEL_CONFIGS["tiny"]), attn_implementation=backend)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return None
+
+
 def backends_check(args) -> int:
     """Every backend against eager, per target and dtype, written to --output after each case (a time limit keeps
     what is done); exit status 0 when every case ran and passed."""
@@ -564,8 +591,12 @@ def backends_check(args) -> int:
         layer_target(args.size, args.layer_batch or (32 if full else 2)),
         model_target(args.model_batch or (16 if full else 4)),
     ]
+    unavailable = {b: reason for b in args.backends if b in FLASH_BACKENDS if (reason := flash_unavailable(b, device))}
+    backends = [backend for backend in args.backends if backend not in unavailable]
+    # FlashAttention has no float32 kernel
+    dtypes_of = {b: [d for d in args.dtypes if b not in FLASH_BACKENDS or d != "float32"] for b in backends}
     # flex_attention has no backward on CPU
-    backward_on = {backend: not (device == "cpu" and backend == "flex_attention") for backend in args.backends}
+    backward_on = {backend: not (device == "cpu" and backend == "flex_attention") for backend in backends}
     payload = {
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if available else None,
@@ -577,7 +608,8 @@ def backends_check(args) -> int:
         "tolerance_rule": tolerance_rule(),
         "cases": [],
         "kernels": [],
-        "planned_cases": len(targets) * len(args.dtypes) * len(args.backends),
+        "planned_cases": len(targets) * sum(len(dtypes) for dtypes in dtypes_of.values()),
+        "not_run": unavailable,
         "passed": False,
     }
 
@@ -590,11 +622,11 @@ def backends_check(args) -> int:
 
     references, done = {}, []  # (target, dtype) -> eager's result; every case run, eager's too when not asked for
     # eager and sdpa first, flex_attention (which compiles) last: a time limit then costs the flex cases only
-    order = [b for b in args.backends if b != "flex_attention"] + [b for b in args.backends if b == "flex_attention"]
+    order = [b for b in backends if b != "flex_attention"] + [b for b in backends if b == "flex_attention"]
     if "eager" not in order:
         order.insert(0, "eager")
     for backend in order:
-        for dtype_name in args.dtypes:
+        for dtype_name in dtypes_of.get(backend, args.dtypes):
             for target in targets:
                 key = (target.name, dtype_name)
                 backward = backward_on.get(backend, True)
@@ -621,7 +653,7 @@ def backends_check(args) -> int:
                 case["seconds"] = round(time.perf_counter() - start, 2)
                 case["passed"] = case_passed(case, done)
                 done.append(case)
-                if backend in args.backends:
+                if backend in backends:
                     payload["cases"].append(case)
                     print(case_line(case), flush=True)
                     save()
@@ -1028,6 +1060,8 @@ def backends_markdown(backends: dict | None) -> list[str]:
     done, planned = len(backends["cases"]), backends["planned_cases"]
     if done < planned:
         lines += ["", f"Only {done} of {planned} cases ran (the step stopped)."]
+    for backend, reason in backends.get("not_run", {}).items():
+        lines += ["", f"Not run, unavailable here: `{backend}` ({reason})."]
     lines += ["", "### SDPA kernels of the fused path", ""]
     lines += [
         "The kernel each `F.scaled_dot_product_attention` call of the `sdpa` backend dispatches to by default "
@@ -1190,7 +1224,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     sub = commands.add_parser("backends", help="every attention backend against eager, and the SDPA kernel used")
     sub.add_argument("--output", type=Path, required=True, help="JSON file to write")
-    sub.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    all_backends = [*BACKENDS, *FLASH_BACKENDS]
+    sub.add_argument("--backends", nargs="+", choices=all_backends, default=all_backends)
     sub.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     sub.add_argument("--size", choices=("full", "tiny"), default="full", help="full: ViT-B/16 width; tiny: tests")
     sub.add_argument("--layer_batch", type=int, help="batch of the attention layer (default 32; tiny 2)")

@@ -11,7 +11,7 @@ same network as the CLIP model, packaged as DiffCLIP (a baseline for fair compar
 import argparse
 import logging
 
-from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.conversion import convert_clip
 from diffclip_lab.publishing import check_can_push, push_output
 from modeling_diffclip.configuration_diffclip import VARIANTS
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a Transformers CLIP folder or Hub repo id")
     parser.add_argument("--variant", choices=list(VARIANTS), default="diffclip")
     add_output_arguments(parser)

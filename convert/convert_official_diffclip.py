@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import add_output_arguments, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, add_output_arguments, fraction, positive_int, run_main, setup_logging
 from diffclip_lab.conversion import convert_official_checkpoint, resolve_checkpoint
 from diffclip_lab.publishing import check_can_push, push_output
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt, or a Hub repo id holding it")
     parser.add_argument("--filename", default="checkpoint_best.pt", help="file to download from a Hub repo")
     add_output_arguments(parser)
@@ -33,15 +33,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="unpickle arbitrary objects in the checkpoint (only for files you trust)",
     )
-    parser.add_argument("--lambda_init", type=float, default=0.8, help="λ_init the checkpoint was trained with")
+    parser.add_argument("--lambda_init", type=fraction, default=0.8, help="λ_init the checkpoint was trained with")
     parser.add_argument(
         "--lambda_schedule",
         choices=["constant", "dynamic"],
         default="constant",
         help="'dynamic' for DiffCLIP* checkpoints (λ_init is not stored in the tensors)",
     )
-    parser.add_argument("--vision_heads", type=int, help="heads of a non-differential vision tower (not stored)")
-    parser.add_argument("--text_heads", type=int, help="heads of a non-differential text tower (not stored)")
+    parser.add_argument("--vision_heads", type=positive_int, help="heads of a plain vision tower (not stored)")
+    parser.add_argument("--text_heads", type=positive_int, help="heads of a non-differential text tower (not stored)")
     parser.add_argument("--license", default="other", help="license for the model card metadata")
     return parser.parse_args(argv)
 

@@ -24,7 +24,14 @@ otherwise nothing is written. Opset 18 (the default) or newer.
 import argparse
 import logging
 
-from diffclip_lab.cli import add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import (
+    ArgumentParser,
+    add_output_arguments,
+    path_or_repo_id,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 from diffclip_lab.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
 from diffclip_lab.publishing import check_can_push, push_output
 
@@ -33,9 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a DiffCLIP or Transformers CLIP folder or Hub repo id")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least {MIN_OPSET}")
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help=f"ONNX opset, at least {MIN_OPSET}")
     parser.add_argument("--fp16", action="store_true", help="float16 weights and arithmetic (float32 inputs/outputs)")
     add_output_arguments(parser)
     args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .cli import ArgumentParser, non_negative_int, positive_int
 from .files import atomic_write_text
 from .tables import markdown_table
 
@@ -41,7 +42,7 @@ MODES = ("forward", "train")  # inference forward; forward + loss + backward
 
 def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argparse.Namespace:
     """The options both scripts take; `extra_flags` maps a flag name to its help (boolean flags)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), help="parameter and input dtype (default: float32 on CPU, bfloat16 on CUDA)"
@@ -49,8 +50,8 @@ def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argp
     parser.add_argument(
         "--batch_size", type=int, help="one batch size for every shape (default: per shape and device)"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each step (default: 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each candidate first (default: 1)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
     parser.add_argument(
         "--shapes",
         nargs="+",

@@ -9,12 +9,12 @@ Supported sources (`load_image_text_dataset`):
 - any local folder or files `datasets.load_dataset` understands: parquet, arrow, csv/json with image paths, or an
   `imagefolder` with a `metadata.jsonl`/`metadata.csv` caption column.
 
-Images are decoded here, not by `datasets`, so that a sample whose image does not decode, or whose caption is empty,
-is skipped and counted instead of stopping the run. Batches carry uint8 pixels, which the training loop normalises
-on the device (`model_inputs`); `image_text_loader` builds the training loader.
+Images are decoded here, not by `datasets`, as they are displayed (`diffclip_lab/images.py`: EXIF orientation,
+16-bit and float scaling, transparency on white), so that a sample whose image does not decode (truncated, corrupt),
+or whose caption is empty, is skipped, counted and named instead of stopping the run. Batches carry uint8 pixels,
+which the training loop normalises on the device (`model_inputs`); `image_text_loader` builds the training loader.
 """
 
-import io
 import math
 import random
 import re
@@ -26,9 +26,12 @@ import datasets
 import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .cli import UserError
+
+# decode_image is imported from here by the lab's other readers
+from .images import UnreadableImage, decode_image, displayed_size, load_rgb, open_image  # noqa: F401
 
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
@@ -136,40 +139,6 @@ def without_image_decoding(dataset, image_column: str):
     return dataset
 
 
-# what Pillow raises for bytes that are no image, or a truncated or corrupt one
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
-
-
-def open_image(value) -> Image.Image | None:
-    """An image from a PIL image, bytes, a path, or `datasets`' {"bytes", "path"} dict, with only its header read,
-    so that a JPEG can still be decoded at reduced size; None if it is not an image."""
-    try:
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray)):
-            value = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, Path)):
-            value = Image.open(value)
-        return value if isinstance(value, Image.Image) else None
-    except DECODE_ERRORS:
-        return None
-
-
-def load_rgb(image: Image.Image) -> Image.Image | None:
-    """An opened image decoded, in RGB (an RGB image is not copied); None if it does not decode."""
-    try:
-        image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
-    except DECODE_ERRORS:
-        return None
-
-
-def decode_image(value) -> Image.Image | None:
-    """An RGB image from a PIL image, bytes, a path, or `datasets`' {"bytes", "path"} dict; None if it won't decode."""
-    image = open_image(value)
-    return None if image is None else load_rgb(image)
-
-
 def caption_text(value) -> str:
     """A caption string; datasets with several captions per image (lists) contribute their first one."""
     if isinstance(value, (list, tuple)):
@@ -219,9 +188,10 @@ class ImageTransform:
             **options,
         )
 
-    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor | None:
-        """uint8 pixels (3, image_size, image_size) of an opened or decoded image; None if it does not decode."""
-        width, height = image.size
+    def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """uint8 pixels (3, image_size, image_size) of an opened or decoded image as displayed (crops are drawn on
+        the upright image); raises `UnreadableImage` if it does not decode."""
+        width, height = displayed_size(image)
         if self.crop_scale < 1 and rng is not None:
             area = width * height * rng.uniform(self.crop_scale, 1.0)
             aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
@@ -234,9 +204,8 @@ class ImageTransform:
             long = int(self.image_size * long / short)  # truncated, as the image processors do
             box = (0, 0, width, height)
             resized = (self.image_size, long) if width <= height else (long, self.image_size)
-        factor = self.draft(image, box)
-        if (image := load_rgb(image)) is None:
-            return None
+        factor = self.draft(image, box)  # the shorter side of `box` is the same upright or not
+        image = load_rgb(image)
         if factor != 1 or resized != image.size or box != (0, 0, width, height):  # else: already the size asked
             image = image.resize(resized, self.resample, box=tuple(edge * factor for edge in box))
         if resized != (self.image_size, self.image_size):
@@ -267,10 +236,21 @@ class ImageTransform:
 
 
 class Skipped(NamedTuple):
-    """An example that cannot be trained on: its key (webdataset) or index, and why."""
+    """An example that cannot be trained on: its name (`sample_name`), and why."""
 
     key: str
     reason: str
+
+
+def sample_name(example: dict, image_column: str, index: int) -> str:
+    """What names an example for the user: a webdataset sample's shard and key, else its image file, else its
+    position (the row of a dataset, the place in a stream)."""
+    if "__key__" in example:
+        shard = example.get("__url__")
+        return f"{Path(shard).name}:{example['__key__']}" if shard else str(example["__key__"])
+    image = example.get(image_column)
+    path = image.get("path") if isinstance(image, dict) else image if isinstance(image, str) else None
+    return path or f"example {index}"
 
 
 class ExampleEncoder:
@@ -282,16 +262,15 @@ class ExampleEncoder:
         self.transform, self.seed, self.epoch = transform, seed, 0
 
     def __call__(self, example: dict, index: int) -> dict | Skipped:
-        key = str(example.get("__key__", index))
         caption = caption_text(example.get(self.caption_column))
         if not caption:
-            return Skipped(key, "empty caption")
+            return Skipped(sample_name(example, self.image_column, index), "empty caption")
         # augmentation drawn from (seed, epoch, index): the same whichever process, worker or resumed run loads it
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
-        image = open_image(example.get(self.image_column))
-        pixels = None if image is None else self.transform(image, rng)
-        if pixels is None:
-            return Skipped(key, "image does not decode")
+        try:
+            pixels = self.transform(open_image(example.get(self.image_column)), rng)
+        except UnreadableImage as error:
+            return Skipped(sample_name(example, self.image_column, index), f"image does not decode: {error}")
         return {"pixel_values": pixels, "caption": caption}
 
     def model_inputs(self, batch: dict, device) -> dict:

@@ -30,6 +30,7 @@ from .data import (
     load_image_text_dataset,
     without_image_decoding,
 )
+from .images import UnreadableImage, read_image
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them
@@ -46,10 +47,13 @@ class LazyImages(Sequence):
         return self.length
 
     def __getitem__(self, index: int) -> Image.Image:
-        image = decode_image(self.load(index))
-        if image is None:
-            raise UserError(f"image {index} of {self.source} does not decode; evaluation data must be clean.")
-        return image
+        """The image as displayed (`diffclip_lab/images.py`); one that does not decode stops the evaluation."""
+        try:
+            return read_image(self.load(index))
+        except UnreadableImage as error:
+            raise UserError(
+                f"image {index} of {self.source} does not decode ({error}); evaluation data must be clean."
+            ) from None
 
 
 @dataclass

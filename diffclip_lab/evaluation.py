@@ -264,7 +264,12 @@ def retrieval_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCac
         image_features(encoder, data, options, cache, "projected"),
         text_to_image,
     )
-    counts = {"images": len(captions), "captions": len(texts), "skipped_captions": data.skipped_captions}
+    counts = {
+        "images": len(captions),  # the gallery text→image recall searches
+        "image_queries": sum(1 for image_captions in captions if image_captions),  # image→text recall's images
+        "captions": len(texts),
+        "skipped_captions": data.skipped_captions,
+    }
     return metrics, counts
 
 
@@ -321,12 +326,15 @@ def few_shot_task(encoder: DualEncoder, options: EvalOptions, cache: FeatureCach
         metrics = few_shot(train, test, options.episodes, options.ways, options.shots, options.queries, options.seed)
     except ValueError as error:
         raise UserError(str(error)) from None
+    # a class with fewer test images than --queries is queried with all of them: record what was used
+    used = sorted({min(options.queries, int((test[1] == c).sum())) for c in train[1].unique().tolist()})
     counts = {
         "train": len(train[1]),
         "test": len(test[1]),
         "ways": options.ways,
         "shots": options.shots,
-        "queries": options.queries,
+        "queries": used[0] if len(used) == 1 else {"min": used[0], "max": used[-1]},
+        **({"queries_asked": options.queries} if used != [options.queries] else {}),
         "seed": options.seed,
         "features": options.features,
     }

@@ -91,8 +91,9 @@ def official_key_map(config: DiffCLIPConfig) -> dict[str, TensorMapping]:
             pairs = [(norm1, "layer_norm1"), (norm2, "layer_norm2"), (fc1, "mlp.fc1"), (fc2, "mlp.fc2")]
             if tower.use_differential_attention:
                 pairs += [(f"attn.{proj}", f"self_attn.{proj}") for proj in ("q_proj", "k_proj", "v_proj", "out_proj")]
-                for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "diff_norm.weight"):
-                    renamed[f"{src}.attn.{name}"] = f"{dst}.self_attn.{name}"
+                for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+                    renamed[f"{src}.attn.{name}"] = f"{dst}.self_attn.diff_lambda.{name}"
+                renamed[f"{src}.attn.diff_norm.weight"] = f"{dst}.self_attn.diff_norm.weight"
             else:
                 pairs.append((f"attn.{fused_out}", "self_attn.out_proj"))
                 for param in ("weight", "bias"):
@@ -251,15 +252,20 @@ class _OfficialTensors(nn.Module):
         return {key.replace("/", "."): value for key, value in self.tensors.items()}
 
 
+def official_attention_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `DiffCLIPAttention`'s tensors under the official attention's names: its λ vectors outside `diff_lambda`."""
+    return {key.removeprefix("diff_lambda."): value for key, value in state_dict.items()}
+
+
 class ReferenceAttention(_OfficialTensors):
-    """The official attention over the tensors of a `DiffCLIPAttention` (the same names)."""
+    """The official attention over the tensors of a `DiffCLIPAttention` (kept under their names in the module)."""
 
     def __init__(self, module):
         super().__init__(module.state_dict())
         self.num_heads, self.lambda_init = module.num_heads, module.lambda_init
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return attention(x, self.official(), self.num_heads, self.lambda_init, mask)
+        return attention(x, official_attention_tensors(self.official()), self.num_heads, self.lambda_init, mask)
 
 
 class ReferenceDiffCLIP(_OfficialTensors):

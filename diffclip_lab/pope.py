@@ -6,9 +6,11 @@ encoder: yes/no questions "Is there a {object} in the image?", half about object
 that are not, in three splits that differ in how the absent objects are chosen (random, popular, adversarial).
 
 - Questions: the official files (`coco_pope_random.json`, ... in the POPE repository, JSON lines), read strictly.
-- Answers: any `AutoModelForImageTextToText` with its processor's chat template, prompted and decoded as LLaVA-1.5
-  evaluates POPE (`scripts/v1_5/eval/pope.sh`: the short-answer prompt, greedy decoding), and scored exactly as
-  LLaVA's `llava/eval/eval_pope.py` (`parse_answer`, `pope_metrics`).
+- Answers: any `AutoModelForImageTextToText`, prompted and decoded as LLaVA-1.5 evaluates POPE
+  (`scripts/v1_5/eval/pope.sh` → `model_vqa_loader.py --conv-mode vicuna_v1`: LLaVA's system prompt, the question and
+  the short-answer prompt, greedy decoding; see `pope_chat_template`), and scored exactly as LLaVA's
+  `llava/eval/eval_pope.py` (`parse_answer`, `pope_metrics`), with the answers that rule reads as "yes" without a
+  "yes" in them counted (`is_unknown_answer`).
 - Building new splits from any object-annotated image set, as the POPE authors' code does (`build_pope_splits`).
 """
 
@@ -29,8 +31,10 @@ from tqdm.auto import tqdm
 from .cli import UserError
 from .evaluation import load_pretrained, provenance
 from .files import atomic_write_text
+from .images import UnreadableImage, read_image
 from .shapes import article
 from .tables import markdown_table
+from .vlm import CHAT_TEMPLATES
 
 
 SPLITS = ("random", "popular", "adversarial")
@@ -43,9 +47,11 @@ OPTIONAL_KEYS = ("image_id",)  # the COCO image id, in the official files
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 PROTOCOL = (
     "POPE (Li et al., EMNLP 2023) as LLaVA-1.5 evaluates it: question + '\\nAnswer the question using a single word "
-    "or phrase.' in the model's chat template, greedy decoding; an answer is 'no' when its first sentence, commas "
-    "removed, split on spaces, holds the word 'No', 'no' or 'not', else 'yes'; yes is the positive class"
+    "or phrase.' in LLaVA's vicuna_v1 conversation (a stock llava model) or the model's chat template, greedy "
+    "decoding; an answer is 'no' when its first sentence, commas removed, split on spaces, holds the word 'No', 'no' "
+    "or 'not', else 'yes' (those with no 'yes' either are counted as unknown_answers); yes is the positive class"
 )
+PROMPTS = ("auto", "vicuna_v1", "processor")
 
 
 # ------------------------------------------------------------------------------------------------ questions
@@ -122,9 +128,10 @@ def read_questions(path: str | os.PathLike, split: str | None = None) -> PopeSpl
         for key in ("image", "text"):
             if not isinstance(entry[key], str) or not entry[key]:
                 raise UserError(f"{where}: {key} {entry[key]!r} is not a non-empty string.")
-        if entry["question_id"] in seen:
-            raise UserError(f"{where}: question_id {entry['question_id']!r} appears twice.")
-        seen.add(entry["question_id"])
+        key = str(entry["question_id"])  # 1 and "1" are one question, as LLaVA's JSON round trips make them
+        if key in seen:
+            raise UserError(f'{where}: question_id {entry["question_id"]!r} appears twice (1 and "1" are the same).')
+        seen.add(key)
         questions.append(PopeQuestion(entry["question_id"], entry["image"], entry["text"], entry["label"]))
     if not questions:
         raise UserError(f"{path} holds no questions.")
@@ -158,6 +165,16 @@ def parse_answer(text: str) -> str:
         text = text.split(".")[0]
     words = text.replace(",", "").split(" ")
     return "no" if {"No", "no", "not"} & set(words) else "yes"
+
+
+def is_unknown_answer(text: str) -> bool:
+    """Whether `parse_answer` reads the answer as "yes" only because it found no "no": no word of its first
+    sentence (commas and other punctuation stripped, any case) is "yes". LLaVA's rule counts such answers as "yes";
+    a model answering garbage would score a plausible F1 of 0.667, so they are counted."""
+    if parse_answer(text) == "no":
+        return False
+    first = text.split(".")[0] if "." in text else text
+    return "yes" not in {word.strip(".,!?;:'\"()").lower() for word in first.split()}
 
 
 def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
@@ -195,11 +212,30 @@ def load_vlm(name: str, device: str, dtype: str = "auto", trust_remote_code: boo
     return model.to(device).eval(), processor
 
 
+def pope_chat_template(model, processor, prompt: str = "auto") -> tuple[str, str | None]:
+    """
+    The conversation POPE prompts a model in: (name, template; None for the processor's own). `vicuna_v1` is
+    LLaVA-1.5's (`model_vqa_loader.py --conv-mode vicuna_v1`, with its system prompt), which the processors of
+    stock `llava` checkpoints (llava-hf/llava-1.5-7b-hf: "USER: <image>\\n... ASSISTANT:") leave out; `processor`
+    is the model's own; `auto` is the processor's where it is one of this project's templates (`build_llava`),
+    vicuna_v1 for any other `llava` model, and the processor's otherwise.
+    """
+    if prompt not in PROMPTS:
+        raise UserError(f"--prompt {prompt!r} is not one of {', '.join(PROMPTS)}.")
+    own = getattr(processor, "chat_template", None)
+    if prompt == "auto":
+        known = {template: name for name, template in CHAT_TEMPLATES.items()}
+        if own in known:
+            return known[own], None
+        prompt = "vicuna_v1" if model.config.model_type == "llava" else "processor"
+    return (prompt, CHAT_TEMPLATES["vicuna_v1"]) if prompt == "vicuna_v1" else ("processor", None)
+
+
 def _load_image(path: Path) -> Image.Image:
+    """The image as displayed (`diffclip_lab/images.py`)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:  # missing, unreadable, or not an image (UnidentifiedImageError)
+        return read_image(path)
+    except UnreadableImage as error:  # missing, not an image, truncated or corrupt
         raise UserError(f"{path} does not decode as an image: {error}") from None
 
 
@@ -212,14 +248,15 @@ def answer_questions(
     max_new_tokens: int = 128,
     batch_size: int = 1,
     label: str = "POPE",
+    chat_template: str | None = None,
 ) -> list[str]:
     """
-    The model's raw answer to every question, in order: one user turn of the processor's chat template holding the
-    image (RGB) and the question + `SHORT_ANSWER_PROMPT`, with the generation prompt; greedy decoding of at most
-    `max_new_tokens` tokens (LLaVA's default, 128); the new tokens decoded without special tokens and stripped, as
-    LLaVA's `model_vqa_loader.py` stores them. Every image file is checked before the model runs. LLaVA answers one
-    question at a time; with `batch_size` > 1 prompts are padded on the left, which gives the same greedy answers
-    up to numerical noise (in half precision a near-tie can flip).
+    The model's raw answer to every question, in order: one user turn of `chat_template` (default: the
+    processor's) holding the image (RGB) and the question + `SHORT_ANSWER_PROMPT`, with the generation prompt;
+    greedy decoding of at most `max_new_tokens` tokens (LLaVA's default, 128); the new tokens decoded without
+    special tokens and stripped, as LLaVA's `model_vqa_loader.py` stores them. Every image file is checked before
+    the model runs. LLaVA answers one question at a time; with `batch_size` > 1 prompts are padded on the left,
+    which gives the same greedy answers up to numerical noise (in half precision a near-tie can flip).
     """
     images_dir = Path(images_dir)
     check_images(questions, images_dir)
@@ -245,6 +282,7 @@ def answer_questions(
         ]
         inputs = processor.apply_chat_template(
             conversations,
+            chat_template=chat_template,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
@@ -270,6 +308,7 @@ def pope_record(
     labels = [question.label for question in split.questions]
     metrics, counts = pope_metrics(predictions, labels)
     counts["images"] = len({question.image for question in split.questions})
+    counts["unknown_answers"] = sum(map(is_unknown_answer, answers))
     return {
         "model": model_name,
         "model_type": model_type,
@@ -282,17 +321,31 @@ def pope_record(
         "counts": {**counts, **(settings or {})},
         **provenance(),
         "answers": [
-            {"question_id": q.question_id, "label": q.label, "answer": answer, "prediction": prediction}
+            {
+                "question_id": q.question_id,
+                "label": q.label,
+                "answer": answer,
+                "prediction": prediction,
+                "unknown": is_unknown_answer(answer),
+            }
             for q, answer, prediction in zip(split.questions, answers, predictions, strict=True)
         ],
     }
 
 
 def results_table(records: list[dict]) -> str:
-    """One row per split (in POPE's order), its scores (0-1) and the number of questions."""
+    """One row per split (in POPE's order), its scores (0-1), the number of questions and of answers read as "yes"
+    with no "yes" in them (`is_unknown_answer`), and a last row with the mean F1 over the splits (LLaVA-1.5's
+    reported POPE number) when all three are there."""
     records = sorted(records, key=lambda record: SPLITS.index(record["split"]))
-    rows = [[r["split"], *(r["metrics"][m] for m in METRICS), r["counts"]["questions"]] for r in records]
-    return markdown_table(["split", *METRICS, "questions"], rows)
+    rows = [
+        [r["split"], *(r["metrics"][m] for m in METRICS), r["counts"]["questions"], r["counts"]["unknown_answers"]]
+        for r in records
+    ]
+    if [r["split"] for r in records] == list(SPLITS):
+        mean_f1 = sum(r["metrics"]["f1"] for r in records) / len(records)
+        rows.append(["mean F1", "", "", "", mean_f1, "", sum(r[-2] for r in rows), sum(r[-1] for r in rows)])
+    return markdown_table(["split", *METRICS, "questions", "unknown"], rows)
 
 
 # ------------------------------------------------------------------------------------------- building splits

@@ -65,15 +65,25 @@ def apply_recipe(args, recipe: dict) -> set[str]:
 
 # Training a LLaVA-style model, per stage; `llava15` is LLaVA-1.5's (align: the projector on 558k captioned images,
 # instruct: projector and language model on 665k conversations), `demo` the vision-language demo's on shapes.
+_LLAVA15 = dict(num_epochs=1, warmup_ratio=0.03, weight_decay=0.0, model_max_length=2048, drop_last=False)
+_DEMO = dict(warmup_ratio=0.05, weight_decay=0.0, template="chat", drop_last=True, group_by_modality=False)
 VLM_RECIPES = {
+    # scripts/v1_5/pretrain.sh (--version plain, image_aspect_ratio left at "square": no padding) and finetune.sh
+    # (--version v1 --image_aspect_ratio pad --group_by_modality_length True); the Trainer keeps an epoch's last
+    # smaller batch; bf16 and gradient checkpointing where CUDA is (train_vlm.py)
     "llava15": {
-        "align": dict(learning_rate=1e-3, global_batch_size=256, num_epochs=1, warmup_ratio=0.03, weight_decay=0.0),
-        "instruct": dict(learning_rate=2e-5, global_batch_size=128, num_epochs=1, warmup_ratio=0.03, weight_decay=0.0),
+        "align": dict(
+            _LLAVA15,
+            learning_rate=1e-3,
+            global_batch_size=256,
+            template="plain",
+            group_by_modality=False,
+            pad_to_square=False,
+        ),
+        "instruct": dict(_LLAVA15, learning_rate=2e-5, global_batch_size=128, template="chat", group_by_modality=True),
     },
     "demo": {
-        "align": dict(learning_rate=3e-3, per_device_batch_size=32, num_epochs=3, warmup_ratio=0.05, weight_decay=0.0),
-        "instruct": dict(
-            learning_rate=3e-3, per_device_batch_size=32, num_epochs=10, warmup_ratio=0.05, weight_decay=0.0
-        ),
+        "align": dict(_DEMO, learning_rate=3e-3, per_device_batch_size=32, num_epochs=3),
+        "instruct": dict(_DEMO, learning_rate=3e-3, per_device_batch_size=32, num_epochs=10),
     },
 }

@@ -108,6 +108,31 @@ def _value(value: float | None, interval: float | None) -> str:
     return f"{value:.4f}" + ("" if interval is None else f" ± {interval:.4f}")
 
 
+def bars(axes, positions, values, width, errors=None, label_format=None, upright=False, **style):
+    """
+    One model's (or variant's) bars at `positions`: a bar where it has a value, and where it has none (None) a grey
+    "n/a" instead, never a bar of 0. Error bars only where `errors` gives a spread (None: none, e.g. one seed); value
+    labels in `label_format` ("%.3f") when given. Returns the bars drawn.
+    """
+    drawn = [i for i, value in enumerate(values) if value is not None]
+    spread = [errors[i] if errors is not None and errors[i] is not None else math.nan for i in drawn]
+    container = axes.bar(
+        [positions[i] for i in drawn],
+        [values[i] for i in drawn],
+        width,
+        yerr=spread if any(not math.isnan(s) for s in spread) else None,
+        **style,
+    )
+    if label_format:
+        axes.bar_label(container, fmt=label_format, fontsize=7, padding=2, rotation=90 if upright else 0)
+    for i, value in enumerate(values):
+        if value is None:
+            axes.text(positions[i], 0, " n/a", ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
+            axes.update_datalim([(positions[i] - width / 2, 0), (positions[i] + width / 2, 0)])  # its place shown
+    axes.autoscale_view()
+    return container
+
+
 def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
     """Per task, the main metric of every model on every dataset as grouped bars, with 95 % intervals where the
     protocol gives them (few-shot). POPE has its own figure (`pope_bar_plot`)."""
@@ -119,7 +144,7 @@ def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Pa
         for record in task_records:
             dataset, metric = dataset_names[record["dataset"]], record["main_metric"]
             values[dataset][record["model"]] = record["metrics"][metric]
-            errors[dataset][record["model"]] = record["metrics"].get(f"{metric}_ci95", 0.0)
+            errors[dataset][record["model"]] = record["metrics"].get(f"{metric}_ci95")
         metrics = {record["main_metric"] for record in task_records}
         datasets = sorted(values)
         width = 0.8 / len(models)
@@ -128,18 +153,19 @@ def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Pa
         figure, axes = plt.subplots(figsize=(min(16.0, max(4.5, 1.2 * len(datasets) * len(models))), 3.8))
         colours = plt.get_cmap("tab20").colors if len(models) > 10 else [None] * len(models)
         for index, model in enumerate(models):
-            heights = [values[d].get(model, 0.0) for d in datasets]
-            spread = [errors[d].get(model, 0.0) for d in datasets]
             positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
-            bars = axes.bar(
+            heights, spread = [values[d].get(model) for d in datasets], [errors[d].get(model) for d in datasets]
+            bars(
+                axes,
                 positions,
                 heights,
                 width,
+                spread,
+                "%.3f",
+                crowded,
                 label=names[model],
-                yerr=spread if any(spread) else None,
                 color=colours[index % len(colours)],
             )
-            axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if crowded else 0)
         axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
         axes.set_ylabel(" / ".join(METRIC_LABELS.get(metric, metric) for metric in sorted(metrics)))
         highest = max(max(v.values()) for v in values.values())
@@ -167,10 +193,15 @@ def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path |
     names = distinct_names(models)
     for index, model in enumerate(m for m in models if m in mmvp):
         marker, line = STYLES[index % len(STYLES)]
-        values = [100 * mmvp[model].get(c, 0.0) for c in categories]
-        label = f"{names[model]} (average {100 * mmvp[model]['average']:.1f} %)"
+        # a pattern without a result is a gap in the polygon (NaN), not a score of 0
+        values = [100 * mmvp[model][c] if c in mmvp[model] else math.nan for c in categories]
+        missing = [c for c in categories if c not in mmvp[model]]
+        label = f"{names[model]} (average {100 * mmvp[model]['average']:.1f} %" + (
+            f"; n/a: {', '.join(missing)})" if missing else ")"
+        )
         axes.plot(angles, values + values[:1], marker=marker, linestyle=line, linewidth=1.5, label=label)
-        axes.fill(angles, values + values[:1], alpha=0.1)
+        if not missing:
+            axes.fill(angles, values + values[:1], alpha=0.1)
     axes.set_xticks(angles[:-1], [c.replace(" and ", " &\n") for c in categories], fontsize=7)
     axes.set_ylim(0, 100)
     axes.set_title("MMVP-VLM pair accuracy (%)")
@@ -263,10 +294,9 @@ def pope_bar_plot(records: list[dict], baseline: str, plot_dir: Path) -> Path | 
     figure, panels = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8), sharey=True)
     for axes, metric in zip(panels, metrics, strict=True):
         for index, model in enumerate(models):
-            heights = [scores.get((split, metric), {}).get(model, 0.0) for split in splits]
+            heights = [scores.get((split, metric), {}).get(model) for split in splits]
             positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(splits))]
-            bars = axes.bar(positions, heights, width, label=names[model])
-            axes.bar_label(bars, fmt="%.1f", fontsize=6, padding=2, rotation=90)
+            bars(axes, positions, heights, width, label_format="%.1f", upright=True, label=names[model])
         axes.set_xticks(range(len(splits)), splits)
         axes.set_title(POPE_METRICS[metric])
         axes.set_ylim(0, 115)  # room for the labels above the bars

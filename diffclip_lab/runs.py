@@ -22,9 +22,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from torch.distributed.tensor import DTensor
 from transformers import get_cosine_schedule_with_warmup
 
-from .cli import UserError, non_negative_int, positive_int
+from .cli import UserError, fraction, non_negative_float, non_negative_int, positive_float, positive_int, random_seed
 from .files import atomic_directory, atomic_write_text
 from .publishing import push_folder_to_hub
 
@@ -62,12 +63,13 @@ class BatchPlan:
         num_epochs: int | None,
         warmup_ratio: float | None = None,
         warmup_epochs: float | None = None,
+        drop_last: bool = True,
     ) -> "BatchPlan":
         """
         The plan of a run from its options: the per-device batch is given or derived from the global one; the
         number of steps is `max_steps`, or `num_epochs` passes over a dataset of `dataset_length` samples (None for
         a stream); the warm-up is `warmup_epochs` (a stream: the same share of the run as the epochs would be) or
-        `warmup_ratio` of the steps.
+        `warmup_ratio` of the steps. Without `drop_last` an epoch ends with a smaller batch (one step more).
         """
         devices = num_processes * gradient_accumulation_steps
         if global_batch_size is not None:
@@ -80,7 +82,7 @@ class BatchPlan:
         global_batch = per_device_batch_size * devices
         steps_per_epoch = None
         if dataset_length is not None:
-            steps_per_epoch = dataset_length // global_batch
+            steps_per_epoch = dataset_length // global_batch if drop_last else -(-dataset_length // global_batch)
             if steps_per_epoch == 0:
                 raise UserError(
                     f"the dataset has {dataset_length} examples, fewer than one global batch of {global_batch}."
@@ -93,8 +95,18 @@ class BatchPlan:
             warmup_steps = round(warmup_ratio * max_steps)
         elif steps_per_epoch:
             warmup_steps = round(warmup_epochs * steps_per_epoch)
-        else:
+        elif num_epochs:
             warmup_steps = round(warmup_epochs / num_epochs * max_steps)
+        else:
+            raise UserError(
+                "a streamed dataset has no epochs to count the warm-up in: give --warmup_ratio, or --num_epochs for "
+                "--warmup_epochs to be a share of."
+            )
+        if warmup_steps > max_steps:
+            raise UserError(
+                f"the warm-up ({warmup_steps} steps) is longer than the run ({max_steps} steps): shorten "
+                "--warmup_epochs / --warmup_ratio or train longer."
+            )
         return cls(
             num_processes, per_device_batch_size, gradient_accumulation_steps, steps_per_epoch, max_steps, warmup_steps
         )
@@ -112,6 +124,7 @@ class BatchPlan:
             options.num_epochs,
             options.warmup_ratio,
             getattr(options, "warmup_epochs", None),
+            getattr(options, "drop_last", True),
         )
 
 
@@ -140,10 +153,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--per_device_batch_size", type=positive_int)
     add("--global_batch_size", type=positive_int, help="per-device batch × processes × accumulation steps")
     add("--gradient_accumulation_steps", type=positive_int, default=1, help="micro-batches per optimizer step")
-    add("--learning_rate", type=float)
-    add("--weight_decay", type=float)
-    add("--warmup_ratio", type=float, help="warm-up as a fraction of all steps")
-    add("--seed", type=int, default=0)
+    add("--learning_rate", type=positive_float)
+    add("--weight_decay", type=non_negative_float)
+    add("--warmup_ratio", type=fraction, help="warm-up as a fraction of all steps")
+    add("--seed", type=random_seed, default=0)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: what accelerate launch was given")
     add("--gradient_checkpointing", action="store_true")
     add("--num_workers", type=non_negative_int, default=1, help="data loading processes per training process")
@@ -281,10 +294,44 @@ def batches(accelerator: Accelerator, loader, dataset, state: TrainingState) -> 
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
 
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, module: torch.nn.Module, state, output_dir) -> None:
+    """
+    After a micro-batch's backward, on every process: stop the run at once, in one line naming the step, what was
+    not finite and the last good checkpoint, when the loss or (at an optimizer step) a gradient is NaN or infinite
+    on any process. With float16 loss scaling the gradients are the scaler's to check (it skips such steps).
+    """
+    gradients = []
+    if accelerator.sync_gradients and accelerator.scaler is None:  # each process its shard (FSDP), then summed
+        gradients = [p.grad for p in module.parameters() if p.grad is not None]
+        gradients = [g.to_local() if isinstance(g, DTensor) else g for g in gradients]
+    bad = torch.tensor(
+        [
+            float(not torch.isfinite(loss.detach()).all()),
+            float(bool(gradients) and not torch.isfinite(torch.nn.utils.get_total_norm(gradients)).item()),
+        ],
+        device=accelerator.device,
+    )
+    bad = accelerator.reduce(bad, reduction="sum")
+    if bad.any():
+        what = " and ".join(name for name, flag in zip(("the loss", "a gradient"), bad.tolist(), strict=True) if flag)
+        checkpoints = list_checkpoints(Path(output_dir))
+        last = (
+            f"the last good checkpoint is {checkpoints[-1]} (--resume_from_checkpoint)"
+            if checkpoints
+            else "no checkpoint was saved"
+        )
+        raise UserError(
+            f"step {state.global_step + 1}: {what} {'are' if bad.all() else 'is'} not finite (NaN or infinite); "
+            f"training stopped, {last}. "
+            "Lower the learning rate, or train in float32 or bf16."
+        )
+
+
 class Run:
     """
-    One training run's folder. `start` checks it (another run there is refused unless resuming it or overwriting
-    it) and finds the checkpoint to resume from; then `save_checkpoint`, `log`, `model_folder`, `write_results` and
+    One training run's folder. `check` checks it (another run there is refused unless resuming it or overwriting
+    it) and finds the checkpoint to resume from, `record` writes the run's first file when training starts (`start`
+    does both); then `save_checkpoint`, `log`, `model_folder`, `write_results` and
     `push` write into it. Every method is called on all processes; only the main process writes.
     """
 
@@ -292,10 +339,12 @@ class Run:
         self.accelerator, self.output_dir = accelerator, Path(output_dir)
         self.fingerprint, self.checkpoints_total_limit = fingerprint, checkpoints_total_limit
 
-    def start(self, settings: dict, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
-        """Prepare the folder and record the run's settings; returns the checkpoint to resume from, if any."""
+    def check(self, resume_from_checkpoint: str | None = None, overwrite: bool = False) -> Path | None:
+        """Whether the folder can take this run, writing nothing; returns the checkpoint to resume from, if any."""
         resume_from = self._checkpoint_to_resume(resume_from_checkpoint)
         run_file = self.output_dir / RUN_CONFIG
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise UserError(f"--output_dir {self.output_dir} is a file; give a folder (new, or empty).")
         if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not run_file.exists() and not overwrite:
             raise UserError(
                 f"{self.output_dir} holds files that are not a run of this script; choose a new or empty "
@@ -312,6 +361,12 @@ class Run:
                 raise UserError(
                     f"{self.output_dir} holds another run, with other {differences}; use another --output_dir."
                 )
+        return resume_from
+
+    def record(self, settings: dict, overwrite: bool = False) -> None:
+        """The run's first file, `run_config.json` (after the folder's old content with `overwrite`): written when
+        training starts, so that a run refused before then leaves the folder as it was."""
+        run_file = self.output_dir / RUN_CONFIG
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if overwrite and self.output_dir.exists():
@@ -320,7 +375,6 @@ class Run:
             record = {"run_fingerprint": self.fingerprint, "args": settings}
             atomic_write_text(run_file, json.dumps(record, indent=2, default=str))
         self.accelerator.wait_for_everyone()
-        return resume_from
 
     def _checkpoint_to_resume(self, resume_from_checkpoint: str | None) -> Path | None:
         """The checkpoint to resume from, checked to belong to this run; None to start from the beginning."""

@@ -35,7 +35,7 @@ from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS
 
 from .cli import UserError  # noqa: E402
 from .files import atomic_directory, atomic_write_text  # noqa: E402
-from .reports import STYLES  # noqa: E402
+from .reports import STYLES, bars  # noqa: E402
 from .shapes import (  # noqa: E402
     CLASSNAMES,
     COLORS,
@@ -383,21 +383,16 @@ def compared_pair(variants: list[str], baseline: str) -> list[str]:
 
 def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) -> Path:
     """Grouped bars, one group per task and dataset, one bar per variant: the mean over seeds, the error bar one
-    standard deviation."""
+    standard deviation (none with one seed); "n/a" where a variant has no result."""
     width = 0.8 / len(variants)
     # wider with more bars, up to what a page shows at a readable scale
     figure, axes = plt.subplots(figsize=(min(14.0, max(6.0, 0.55 * len(rows) * len(variants) + 1.5)), 4.2))
     for index, variant in enumerate(variants):
-        stats = [mean_std(r.values[variant]) if variant in r.values else (math.nan, None) for r in rows]
+        stats = [mean_std(r.values[variant]) if variant in r.values else (None, None) for r in rows]
         positions = [x + (index - (len(variants) - 1) / 2) * width for x in range(len(rows))]
-        axes.bar(
-            positions,
-            [100 * mean for mean, _ in stats],
-            width,
-            yerr=[100 * (std or 0.0) for _, std in stats],
-            capsize=2,
-            label=VARIANT_NAMES.get(variant, variant),
-        )
+        means = [None if mean is None else 100 * mean for mean, _ in stats]
+        spread = [None if std is None else 100 * std for _, std in stats]
+        bars(axes, positions, means, width, spread, capsize=2, label=VARIANT_NAMES.get(variant, variant))
     axes.set_xticks(
         range(len(rows)), [describe(r).replace(" (", "\n(") for r in rows], rotation=35, ha="right", fontsize=7
     )
@@ -415,21 +410,23 @@ def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) ->
 
 def figure_radar(rows: list[Row], variants: list[str], path: Path, title: str) -> Path:
     """MMVP pair accuracy per property (the rows), one polygon per variant: the mean over seeds, shaded one standard
-    deviation either side."""
+    deviation either side (not with one seed)."""
     angles = [2 * math.pi * i / len(rows) for i in range(len(rows))]
     figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
-    for index, variant in enumerate(v for v in variants if all(v in r.values for r in rows)):
-        stats = [mean_std(r.values[variant]) for r in rows]
+    for index, variant in enumerate(v for v in variants if any(v in r.values for r in rows)):
+        # a property without a result is a gap in the polygon (NaN) and named in the legend, not a score of 0
+        stats = [mean_std(r.values[variant]) if variant in r.values else (math.nan, None) for r in rows]
         means = [100 * mean for mean, _ in stats]
+        missing = [r.metric for r in rows if variant not in r.values]
         marker, line = STYLES[index % len(STYLES)]
-        label = VARIANT_NAMES.get(variant, variant)
+        label = VARIANT_NAMES.get(variant, variant) + (f" (n/a: {', '.join(missing)})" if missing else "")
         (drawn,) = axes.plot(angles + angles[:1], means + means[:1], marker=marker, linestyle=line, label=label)
-        spread = [100 * (std or 0.0) for _, std in stats]
-        lower = [max(0.0, m - d) for m, d in zip(means, spread, strict=True)]
-        upper = [min(100.0, m + d) for m, d in zip(means, spread, strict=True)]
-        axes.fill_between(
-            angles + angles[:1], lower + lower[:1], upper + upper[:1], alpha=0.15, color=drawn.get_color()
-        )
+        if all(std is not None for _, std in stats):  # one seed, or a gap: no spread to shade
+            lower = [max(0.0, m - 100 * d) for m, (_, d) in zip(means, stats, strict=True)]
+            upper = [min(100.0, m + 100 * d) for m, (_, d) in zip(means, stats, strict=True)]
+            axes.fill_between(
+                angles + angles[:1], lower + lower[:1], upper + upper[:1], alpha=0.15, color=drawn.get_color()
+            )
     axes.set_xticks(angles, [r.metric for r in rows])
     axes.set_ylim(0, 100)
     axes.set_title(title, pad=18)

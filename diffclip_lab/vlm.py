@@ -45,19 +45,39 @@ from .publishing import card_ending, save_model_folder
 
 
 IMAGE_TOKEN = "<image>"
-# LLaVA-1.5's conversation format: "USER: <image>\n{question} ASSISTANT: {answer}</s>", an optional system text first.
+# LLaVA-1.5's conversation in stage 2 and evaluation, `vicuna_v1` of LLaVA's `llava/conversation.py`: the system
+# prompt, a space, then "USER: <image>\n{question} ASSISTANT: {answer}</s>" per round, `</s>` directly followed by
+# the next "USER:"; a prompt for generation ends in "ASSISTANT:". A system message replaces the system prompt.
 # A prompt rendered with `add_generation_prompt` is a prefix of the conversation with the answer, so answer tokens
-# can be told from prompt tokens (see `answer_spans`).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] + ' ' }}"
-    "{% else %}{{ message['role'].upper() + ': ' }}"
+# can be told from prompt tokens (see `vlm_data.ConversationEncoder.answer_spans`).
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+_TURNS = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': ' }}"
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\\n' }}{% endif %}{% endfor %}"
     "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ ' ' }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{{ END }}{% else %}{{ ' ' }}{% endif %}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+CHAT_TEMPLATES = {
+    "vicuna_v1": (
+        "{{ (messages[0]['content'][0]['text'] if messages[0]['role'] == 'system' else '"
+        + VICUNA_V1_SYSTEM.replace("'", "\\'")
+        + "') + ' ' }}"
+        + _TURNS.replace("{{ END }}", "")
+    ),
+    # the earlier short form: no system prompt unless one is given, a space after each `</s>`; the demo's (its tiny
+    # language model knows none of the system prompt's words)
+    "short": (
+        "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'][0]['text'] + ' ' }}{% endif %}"
+        + _TURNS.replace("{{ END }}", "{{ ' ' }}")
+    ),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_vision_tower(name_or_path: str):
@@ -126,13 +146,24 @@ def llava_image_processor(image_processor, pad_to_square: bool = True) -> LlavaI
 
 
 def build_llava(
-    vision_model: str, language_model: str, pad_to_square: bool = True, seed: int = 0
+    vision_model: str,
+    language_model: str,
+    pad_to_square: bool = True,
+    seed: int = 0,
+    chat_template: str = "vicuna_v1",
+    dtype: str = "float32",
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """
     A LLaVA-1.5-style model and its processor: the vision tower and the language model copied exactly, a fresh
-    projector (drawn with `seed`), the `<image>` token added to the tokenizer and the embeddings, every size derived
-    from the two checkpoints.
+    projector (drawn with `seed`, in float32), the `<image>` token added to the tokenizer and the embeddings, every
+    size derived from the two checkpoints, then the whole model in `dtype` (a saved folder loads in one dtype:
+    float32 keeps every part exact and trainable; bfloat16 is how LLaVA-1.5 holds a 7B model). `chat_template`:
+    a name of `CHAT_TEMPLATES`.
     """
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    if chat_template not in CHAT_TEMPLATES:
+        raise UserError(f"--chat_template {chat_template!r} is not one of {', '.join(CHAT_TEMPLATES)}.")
     tower, image_processor = load_vision_tower(vision_model)
     lm, tokenizer = load_language_model(language_model)
     if tower.config.num_hidden_layers < 2:
@@ -160,10 +191,11 @@ def build_llava(
     )
     with torch.random.fork_rng(devices=[]):  # only the projector is new: make it reproducible
         torch.manual_seed(seed)
-        model = llava_class(config).to(lm.dtype)
+        model = llava_class(config).float()  # the parts are copied in below, cast exactly (up to `dtype`)
     model.model.vision_tower.load_state_dict(tower.state_dict(), strict=True)
     model.model.language_model.load_state_dict(lm.base_model.state_dict(), strict=True)
     model.lm_head.load_state_dict(lm.get_output_embeddings().state_dict(), strict=True)
+    model.to(DTYPES[dtype])
     model.generation_config = lm.generation_config
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = LlavaProcessor(
@@ -172,9 +204,52 @@ def build_llava(
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # the class token, which "default" drops again
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATES[chat_template],
     )
     return model, processor
+
+
+def training_dtypes(model, mixed_precision: str, sharded: bool = False) -> list[str]:
+    """
+    Put a model whose trainable parameters are chosen in the dtypes it trains in; returns what changed, for the log.
+    Trainable parameters become float32 master weights whatever the checkpoint's dtype (AdamW's updates and eps
+    vanish in float16), with mixed precision (`fp16`/`bf16` autocast) doing the half-precision compute, as LLaVA's
+    bf16 training keeps float32 master weights. Frozen parameters keep their dtype where the compute can read it:
+    float32, or the mixed-precision dtype; a half dtype otherwise (no mixed precision, or float16 under bf16 autocast,
+    which cannot mix the two half types) becomes float32, exactly. Sharded (FSDP), every parameter is float32 and
+    FSDP's mixed precision computes.
+    """
+    compute = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    changed = {}
+    for name, parameter in model.named_parameters():
+        keep = parameter.dtype in (torch.float32, compute) and not parameter.requires_grad and not sharded
+        if parameter.dtype != torch.float32 and not keep:
+            changed.setdefault(str(parameter.dtype).removeprefix("torch."), []).append(name)
+            parameter.data = parameter.data.float()
+    return [f"{len(names)} {dtype} parameters" for dtype, names in changed.items()]
+
+
+class VLMForTraining(torch.nn.Module):
+    """
+    The training forward of a LLaVA-style `model`: the loss of a batch. A batch without images (text-only
+    conversations) also runs one blank image through the vision tower and the projector and adds 0 × their output,
+    as LLaVA feeds zero images for text-only conversations: every process then uses every trained parameter at every
+    step, which DDP and FSDP need to reduce the gradients together (those parameters' gradient is 0 there).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        if "pixel_values" in batch:
+            return loss
+        size = self.model.config.vision_config.image_size
+        projector = self.model.model.multi_modal_projector
+        blank = torch.zeros(1, 3, size, size, device=loss.device, dtype=next(projector.parameters()).dtype)
+        features = self.model.get_image_features(pixel_values=blank).pooler_output
+        return loss + 0.0 * sum(feature.sum() for feature in features)
 
 
 def save_vlm(
@@ -225,11 +300,17 @@ def vlm_card(model, provenance: str) -> str:
 
 
 def build_and_save(
-    vision_model: str, language_model: str, output_dir: str | Path, pad_to_square: bool = True, overwrite: bool = False
+    vision_model: str,
+    language_model: str,
+    output_dir: str | Path,
+    pad_to_square: bool = True,
+    overwrite: bool = False,
+    chat_template: str = "vicuna_v1",
+    dtype: str = "float32",
 ) -> LlavaForConditionalGeneration:
     """`build_llava`, then `save_vlm` with a card that says where the parts came from."""
     check_output_directory(output_dir, overwrite)  # before the slow work
-    model, processor = build_llava(vision_model, language_model, pad_to_square)
+    model, processor = build_llava(vision_model, language_model, pad_to_square, 0, chat_template, dtype)
     provenance = (
         f"Built with `convert/build_llava.py` of DiffCLIP for Transformers from the vision tower of `{vision_model}` "
         f"and the language model `{language_model}`, both copied exactly; the projector is untrained. Train it with "

@@ -12,11 +12,12 @@ import logging
 from pathlib import Path
 
 import torch
-from PIL import Image
+from matplotlib.backend_bases import FigureCanvasBase
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import UserError, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, device, path_or_repo_id, run_main, setup_logging
 from diffclip_lab.evaluation import load_pretrained
+from diffclip_lab.images import UnreadableImage, read_image
 from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
 from diffclip_lab.tables import distinct_names
 
@@ -25,18 +26,20 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> dict[str, list[Relevance]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="a folder or Hub id; repeat to compare")
     parser.add_argument("--image", required=True)
     parser.add_argument("--query", action="append", required=True, help="a text query; repeat for several")
     parser.add_argument("--output", default="attention_maps.png")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
+    if (kind := Path(args.output).suffix.lstrip(".").lower()) not in FigureCanvasBase.get_supported_filetypes():
+        parser.error(f"--output {args.output}: matplotlib writes no {kind!r} files; use .png, .pdf or .svg")
     setup_logging()
     try:
-        image = Image.open(args.image).convert("RGB")
-    except OSError as error:
+        image = read_image(args.image)
+    except UnreadableImage as error:
         raise UserError(f"cannot read the image {args.image}: {error}") from None
     labels = distinct_names(args.model)
     rows, maps, box = [], {}, None

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, run_main, setup_logging
 from diffclip_lab.reports import (
     bar_plots,
     comparison_rows,
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="JSON files written by evaluate.py or evaluate_pope.py --output")
     parser.add_argument("--baseline", help="the model the differences are taken against (default: the first)")
     parser.add_argument("--plot_dir", default="plots", help="where the PNG figures go")

@@ -18,14 +18,22 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import path_or_repo_id, run_main
+from diffclip_lab.cli import (
+    ArgumentParser,
+    device,
+    non_negative_int,
+    path_or_repo_id,
+    positive_int,
+    random_seed,
+    run_main,
+)
 from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 from diffclip_lab.files import atomic_write_text
 from diffclip_lab.tables import distinct_names
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", action="append", required=True, help="a folder or Hub id; repeat to compare models")
     add("--task", choices=TASKS, required=True)
@@ -49,20 +57,23 @@ def parse_args(argv=None):
         action="store_true",
         help="score the linear probe by mean per-class accuracy (automatic for Aircraft, Pets, Caltech-101, Flowers)",
     )
-    add("--max_iter", type=int, default=1000, help="L-BFGS iterations per linear-probe fit")
-    add("--episodes", type=int, default=5000)
-    add("--ways", type=int, default=5)
-    add("--shots", type=int, default=5)
-    add("--queries", type=int, default=6)
-    add("--seed", type=int, default=0)
-    add("--batch_size", type=int, default=64)
+    add("--max_iter", type=positive_int, default=1000, help="L-BFGS iterations per linear-probe fit")
+    add("--episodes", type=positive_int, default=5000)
+    add("--ways", type=positive_int, default=5, help="classes per few-shot episode (at least 2)")
+    add("--shots", type=positive_int, default=5)
+    add("--queries", type=positive_int, default=6, help="test images per class and episode (all if fewer)")
+    add("--seed", type=random_seed, default=0)
+    add("--batch_size", type=positive_int, default=64)
     # image decoding workers; they are forked, which only Linux does by default
-    add("--num_workers", type=int, default=2 if sys.platform == "linux" else 0)
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--num_workers", type=non_negative_int, default=2 if sys.platform == "linux" else 0)
+    add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     add("--cache_dir", default=os.path.join(Path.home(), ".cache", "diffclip", "features"))
     add("--no_cache", action="store_true", help="always recompute features")
     add("--trust_remote_code", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.ways < 2:
+        parser.error(f"--ways {args.ways}: a few-shot episode needs at least 2 classes to tell apart")
+    return args
 
 
 def main(argv=None) -> list[dict]:

@@ -3,7 +3,9 @@
     python examples/onnx_zero_shot.py DIR IMAGE --labels "a cat" "a dog" ... [--template "a photo of {}"]
 
 DIR is a folder written by `convert/export_onnx.py`. Needs onnxruntime (1.19 or newer: the graphs are ONNX IR 10),
-tokenizers (0.20 or newer, for this `tokenizer.json`), Pillow and NumPy only. Prints each label's probability, the
+tokenizers (0.20 or newer, for this `tokenizer.json`), Pillow and NumPy only, and this repository's `diffclip_lab`
+for reading the image as every other script does (EXIF orientation, 16-bit scaling, transparency on white: see
+diffclip_lab/images.py). Prints each label's probability, the
 softmax over labels of exp(logit_scale) × the cosine similarity of the image and caption embeddings, as the PyTorch
 model's `logits_per_image.softmax(-1)`; the preprocessing and token ids are those of the Transformers processor the
 folder was exported with.
@@ -11,13 +13,15 @@ folder was exported with.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 from PIL import Image
 from tokenizers import Tokenizer
+
+from diffclip_lab.cli import ArgumentParser, UserError, run_main
+from diffclip_lab.images import UnreadableImage, read_image
 
 
 def load_config(folder: str | Path) -> dict:
@@ -119,7 +123,7 @@ class ZeroShotClassifier:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a folder written by convert/export_onnx.py")
     parser.add_argument("image", help="an image file")
     parser.add_argument("--labels", nargs="+", required=True, help="the candidate labels")
@@ -129,10 +133,12 @@ def main(argv=None) -> int:
         parser.error(f"{args.folder} has no onnx_config.json: export a model with convert/export_onnx.py first.")
     if "{}" not in args.template:
         parser.error(f"--template must contain {{}} where the label goes, got {args.template!r}.")
+    if duplicates := sorted({label for label in args.labels if args.labels.count(label) > 1}):
+        raise UserError(f"--labels names {', '.join(map(repr, duplicates))} more than once: give each label once.")
     try:
-        image = Image.open(args.image)
-    except OSError as error:
-        parser.error(f"cannot read the image {args.image}: {error}")
+        image = read_image(args.image)
+    except UnreadableImage as error:
+        raise UserError(f"cannot read the image {args.image}: {error}") from None
     probabilities = ZeroShotClassifier(args.folder).classify(image, args.labels, args.template)
     for label, probability in sorted(probabilities.items(), key=lambda item: -item[1]):
         print(f"{probability:.6f}  {label}")
@@ -140,4 +146,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -5,7 +5,9 @@
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py   # 2 CPU processes
 
 The contrastive loss is computed over the global batch: every process gathers the features of all the others, with
-gradients, so N processes with per-device batch B train exactly as one process with batch N·B.
+gradients, so N processes with per-device batch B train exactly as one process with batch N·B; with
+--gradient_accumulation_steps K, each of the K micro-batches of a step too (exact accumulation, one more forward pass
+per micro-batch: see `diffclip_lab.contrastive.accumulated_step`).
 """
 
 import argparse
@@ -20,8 +22,25 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from diffclip_lab import shapes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
-from diffclip_lab.contrastive import DualEncoderForTraining, cap_logit_scale, contrastive_loss, parameter_groups
+from diffclip_lab.cli import (
+    ArgumentParser,
+    UserError,
+    area_fraction,
+    beta,
+    non_negative_float,
+    path_or_repo_id,
+    positive_float,
+    positive_int,
+    run_main,
+    setup_logging,
+)
+from diffclip_lab.contrastive import (
+    DualEncoderForTraining,
+    accumulated_step,
+    cap_logit_scale,
+    contrastive_loss,
+    parameter_groups,
+)
 from diffclip_lab.data import (
     ImageTransform,
     image_text_loader,
@@ -39,6 +58,7 @@ from diffclip_lab.runs import (
     Training,
     add_run_arguments,
     batches,
+    check_finite,
     check_run_arguments,
     make_accelerator,
     plain_options,
@@ -54,7 +74,10 @@ SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the pro
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # named, so that the study's check of the options it passes on (examples/study.py) names this script too
+    parser = ArgumentParser(
+        prog="pretrain.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--output_dir", default="outputs/diffclip-shapes", help="where checkpoints, the model and results go")
     add("--recipe", choices=list(PRETRAINING_RECIPES), default="demo", help="defaults for the options left unset")
@@ -78,11 +101,11 @@ def parse_args(argv=None):
         "--eval_label_column", default="label", help="label column of a datasets layout (ClassLabel names the classes)"
     )
     add("--eval_template", action="append", help="zero-shot prompt with {c} (repeatable; default 'a photo of a {c}.')")
-    add("--warmup_epochs", type=float, help="warm-up in epochs (overrides --warmup_ratio)")
-    add("--adam_beta1", type=float, default=0.9)
-    add("--adam_beta2", type=float, default=0.98)
-    add("--adam_epsilon", type=float)
-    add("--crop_scale", type=float, help="random crops of this fraction of the area or more; 1 = centre crop")
+    add("--warmup_epochs", type=non_negative_float, help="warm-up in epochs (overrides --warmup_ratio)")
+    add("--adam_beta1", type=beta, default=0.9)
+    add("--adam_beta2", type=beta, default=0.98)
+    add("--adam_epsilon", type=positive_float)
+    add("--crop_scale", type=area_fraction, help="random crops of this share of the area or more; 1 = centre crop")
     add("--torch_compile", action="store_true")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
@@ -202,21 +225,31 @@ def train(args, training: Training, plan: BatchPlan, run: Run, accelerator: Acce
     progress.set_description("pretrain")
     images_at_start, clock = state.images_seen, time.perf_counter()
     skipped_in_step = skips_logged = 0
+    micro_batches = []  # of the optimizer step under way, with gradient accumulation
+
+    def model_inputs(batch: dict) -> dict:
+        return training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
+
     training.module.train()
     for batch in batches(accelerator, training.loader, training.data, state):
         for sample in batch.pop("skipped")[: max(0, SKIPS_LOGGED - skips_logged)]:
             logger.warning(f"Skipped sample {sample}", main_process_only=False)
             skips_logged += 1
-        batch = training.data.model_inputs(batch, accelerator.device)  # pixels normalised on the device
         skipped_in_step += accelerator.reduce(batch.pop("num_skipped"), reduction="sum").item()
-        with accelerator.accumulate(training.module):
-            image, text, logit_scale, lambdas = training.module(**batch)
-            loss = contrastive_loss(image, text, logit_scale)
-            accelerator.backward(loss)
-            training.optimizer.step()
-            training.optimizer.zero_grad()
-        if not accelerator.sync_gradients:
-            continue
+        if plan.gradient_accumulation_steps == 1:
+            with accelerator.accumulate(training.module):
+                image, text, logit_scale, lambdas = training.module(**model_inputs(batch))
+                loss = contrastive_loss(image, text, logit_scale)
+                accelerator.backward(loss)
+        else:  # the whole global batch as negatives (never checkpointed between the micro-batches of a step)
+            micro_batches.append(batch)
+            if len(micro_batches) < plan.gradient_accumulation_steps:
+                continue
+            loss, logit_scale, lambdas = accumulated_step(accelerator, training.module, micro_batches, model_inputs)
+            micro_batches = []
+        check_finite(accelerator, loss, training.module, state, run.output_dir)
+        training.optimizer.step()
+        training.optimizer.zero_grad()
         training.scheduler.step()
         cap_logit_scale(accelerator, accelerator.unwrap_model(training.module).model)
         state.global_step += 1
@@ -335,8 +368,9 @@ def main(argv=None) -> dict:
         "learning_rate": args.learning_rate,
     }
     run = Run(accelerator, args.output_dir, fingerprint, args.checkpoints_total_limit)
-    resume_from = run.start(vars(args), args.resume_from_checkpoint, args.overwrite)
+    resume_from = run.check(args.resume_from_checkpoint, args.overwrite)
     training = prepare(args, model, data, loader, plan, run, resume_from, accelerator)
+    run.record(vars(args), args.overwrite)  # the run folder's first file, now that training starts
     if accelerator.is_main_process:
         accelerator.init_trackers("diffclip-pretrain", config=plain_options(args))
     logger.info(

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import UserError, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, run_main, setup_logging
 from diffclip_lab.publishing import check_can_push, push_folder_to_hub
 
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="the folder to upload")
     parser.add_argument("--repo_id", required=True, help="the Hub repo, created if it does not exist")
     parser.add_argument("--private", action="store_true", help="create the repo as private")

@@ -17,6 +17,7 @@ checkpoint: rerun the same command to continue a study.
 """
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -32,9 +33,10 @@ import torch
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab import study
 from diffclip_lab.benchmarking import environment
-from diffclip_lab.cli import UserError, positive_int, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, device, positive_int, random_seed, run_main, setup_logging
 from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 from diffclip_lab.files import atomic_write_text
+from diffclip_lab.images import UnreadableImage, read_image
 from diffclip_lab.relevance import centre_crop_box, draw, relevance_map
 
 
@@ -54,11 +56,11 @@ def parse_args(argv=None):
     argv = full = list(sys.argv[1:] if argv is None else argv)
     pretrain_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--output_dir", required=True, help="the study's folder: runs/, results/, figures/, results.md")
     add("--variants", nargs="+", choices=study.VARIANTS, default=list(study.VARIANTS))
-    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--seeds", nargs="+", type=random_seed, default=[0, 1, 2])
     add("--baseline", choices=study.VARIANTS, default="clip", help="the variant the differences are taken to")
     add("--dataset", help="pretraining data (any layout pretrain.py reads); default: the demo's captioned shapes")
     add("--num_epochs", type=positive_int, help=f"epochs per run (default: {DEMO_EPOCHS} on the demo)")
@@ -77,7 +79,7 @@ def parse_args(argv=None):
     add("--config_file", help="an Accelerate config for the pretraining launches")
     add("--num_processes", type=positive_int, help="processes per pretraining launch")
     add("--checkpointing_steps", type=positive_int, default=100, help="so that an interrupted run loses little")
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the evaluations")
+    add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu", help="for the evaluations")
     add("--dry_run", action="store_true", help="print what would run, run nothing")
     args = parser.parse_args(argv)
     args.pretrain_args, args.command = pretrain_args, full
@@ -94,24 +96,61 @@ def parse_args(argv=None):
         and not any(a in pretrain_args for a in ("--max_steps", "--num_epochs"))
     ):
         args.num_epochs = DEMO_EPOCHS
+    study_sets = {*STUDY_SETS, *(["--dataset"] if args.dataset else [])}
+    study_sets |= {"--num_epochs"} if args.num_epochs else set()
+    if own := sorted(study_sets & {a.split("=")[0] for a in pretrain_args if a.startswith("--")}):
+        parser.error(
+            f"{', '.join(own)} after -- would override what the study sets for each run; use the study's own "
+            "options (--variants, --seeds, --dataset, --num_epochs, --checkpointing_steps, --output_dir)"
+        )
+    check_pretrain_options(args)
     return args
 
 
+# the pretrain.py options the study gives every run itself (`pretrain_arguments`; --dataset and --num_epochs too
+# when the study is given them)
+STUDY_SETS = (
+    "--variant",
+    "--seed",
+    "--output_dir",
+    "--resume_from_checkpoint",
+    "--checkpointing_steps",
+    "--overwrite",  # would delete a run the study continues
+)
+
+
+def check_pretrain_options(args) -> None:
+    """pretrain.py's own check of a run's options (ranges, combinations), before the study writes or launches
+    anything: a bad option after -- stops here, with pretrain.py's message, not at the first launch."""
+    spec = importlib.util.spec_from_file_location("study_pretrain", EXAMPLES / "pretrain.py")
+    pretrain_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain_script)
+    for variant in args.variants:
+        run = study.StudyRun(variant, args.seeds[0], Path(args.output_dir) / "runs" / "check")
+        pretrain_script.parse_args(pretrain_arguments(args, run))
+
+
 def pretrain_command(args, run: study.StudyRun) -> list[str]:
-    """`accelerate launch examples/pretrain.py` for one run; it continues the run from its latest checkpoint."""
-    launch = ["accelerate", "launch"]
+    """`accelerate launch -q examples/pretrain.py` for one run (-q: a failed run shows its error, without the
+    launcher's traceback); it continues the run from its latest checkpoint."""
+    launch = ["accelerate", "launch", "-q"]
     if args.config_file:
         launch += ["--config_file", args.config_file]
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
-    script = [script_path("pretrain.py"), "--variant", run.variant, "--seed", str(run.seed)]
+    return [*launch, script_path("pretrain.py"), *pretrain_arguments(args, run)]
+
+
+def pretrain_arguments(args, run: study.StudyRun) -> list[str]:
+    """pretrain.py's options for one run: the study's, then those given after --."""
+    script = ["--variant", run.variant, "--seed", str(run.seed)]
     script += ["--output_dir", str(run.path), "--resume_from_checkpoint", "latest"]
     script += ["--checkpointing_steps", str(args.checkpointing_steps)]
     if args.dataset:
         script += ["--dataset", args.dataset]
     if args.num_epochs:
         script += ["--num_epochs", str(args.num_epochs)]
-    return launch + script + args.pretrain_args
+    return script + args.pretrain_args
 
 
 def pretrain(args, runs: list[study.StudyRun], timings_file: Path) -> None:
@@ -187,12 +226,10 @@ def attention_maps(args, runs: list[study.StudyRun], images: list[Path], output:
     for run in models:  # the maps exist in the eager path only; float32 keeps their gradients exact
         model, processor = load_pretrained(str(run.path / "model"), attn_implementation="eager", dtype=torch.float32)
         loaded[run.name] = (model.to(args.device).eval(), processor)
-    from PIL import Image
-
     for path, figure in zip(images, figures, strict=True):
         try:
-            image = Image.open(path).convert("RGB")
-        except OSError as error:
+            image = read_image(path)
+        except UnreadableImage as error:
             raise UserError(f"cannot read the image {path}: {error}") from None
         rows = []
         for run in models:

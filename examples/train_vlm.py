@@ -9,14 +9,22 @@
         --dataset llava_v1_5_mix665k.json --image_folder data --output_dir runs/vlm-instruct
 
 `--stage align` trains the projector only (vision tower and language model frozen) on image-caption conversations;
-`--stage instruct` trains the projector and the language model on conversations (the vision tower too with
---unfreeze_vision). The loss covers the answers' tokens only. With no --dataset, the demo builds a VLM from the
-demo DiffCLIP of examples/pretrain.py (trained first if absent) and a tiny language model made offline, trains both
-stages on scenes of captioned shapes and ends with POPE on held-out scenes.
+`--stage instruct` trains the projector and the language model on conversations, image and text-only ones (the
+vision tower too with --unfreeze_vision). The loss covers the answers' tokens only. `--recipe llava15` is LLaVA-1.5's
+(scripts/v1_5/pretrain.sh, finetune.sh): the `plain` template in stage 1 (image, caption, "\n"), the model's
+`vicuna_v1` chat template in stage 2, sequences cut at 2048 tokens, the last smaller batch kept (2,181 steps of 256
+on 558k captions), no padding to a square in stage 1, stage 2's batches grouped by modality, and bf16 with gradient
+checkpointing where CUDA is.
+Trainable weights are float32 master weights whatever the model folder's dtype (mixed precision computes in half
+precision); the model is saved in the folder's dtype. A non-finite loss or gradient stops the run in one line.
+With no --dataset, the demo builds a VLM from the demo DiffCLIP of examples/pretrain.py (trained first if
+absent) and a tiny language model made offline, trains both stages on scenes of captioned shapes and ends with POPE
+on held-out scenes.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,13 +34,13 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab import pope, scenes
-from diffclip_lab.cli import UserError, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.cli import ArgumentParser, UserError, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.contrastive import parameter_groups
 from diffclip_lab.evaluation import load_pretrained
 from diffclip_lab.files import atomic_directory, atomic_write_text
@@ -44,21 +52,25 @@ from diffclip_lab.runs import (
     Training,
     add_run_arguments,
     batches,
+    check_finite,
     check_run_arguments,
     make_accelerator,
     plain_options,
     prepare_training,
 )
 from diffclip_lab.vlm import (
+    VLMForTraining,
     build_llava,
     pretrain_language_model,
     save_vlm,
     tiny_language_model,
+    training_dtypes,
 )
 from diffclip_lab.vlm_data import (
     Conversation,
     ConversationDataset,
     ConversationEncoder,
+    ModalityGroupedSampler,
     collate_conversations,
     load_conversations,
 )
@@ -70,7 +82,7 @@ DEMO_SCENES = {"align": 3000, "instruct": 6000, "test": 300}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", help="a VLM folder (convert/build_llava.py, or a previous stage's model/); the demo builds one")
     add("--stage", choices=["align", "instruct"], help="align: the projector only; instruct: projector and LM")
@@ -81,6 +93,11 @@ def parse_args(argv=None):
     add("--recipe", choices=list(VLM_RECIPES), help="defaults for unset options (default: llava15, the demo's demo)")
     add("--output_dir", default="outputs/vlm-shapes")
     add("--max_length", type=positive_int, help="refuse conversations longer than this many tokens")
+    add("--model_max_length", type=positive_int, help="cut longer sequences to this many tokens (llava15: 2048)")
+    add("--template", choices=["plain", "chat"], help="plain: stage 1's image+caption; chat: the model's template")
+    add("--group_by_modality", action=argparse.BooleanOptionalAction, help="batches of one modality (LLaVA's)")
+    add("--drop_last", action=argparse.BooleanOptionalAction, help="drop an epoch's last smaller batch")
+    add("--pad_to_square", action=argparse.BooleanOptionalAction, help="default: the processor's (llava15 align: no)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.dataset and not (args.model and args.stage):
@@ -98,7 +115,29 @@ def stage_options(args, stage: str) -> argparse.Namespace:
     explicit = apply_recipe(options, VLM_RECIPES[args.recipe][stage])
     if {"per_device_batch_size", "global_batch_size"} <= explicit:
         raise UserError("give --per_device_batch_size or --global_batch_size, not both")
+    if options.template == "plain" and stage != "align":
+        raise UserError("--template plain is stage 1's (image and caption): the instruct stage uses --template chat")
+    if args.recipe == "llava15" and torch.cuda.is_available():  # LLaVA's scripts: --bf16 --gradient_checkpointing
+        options.mixed_precision = options.mixed_precision or "bf16"
+        options.gradient_checkpointing = True
+    if options.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise UserError("--mixed_precision bf16: this GPU has no bfloat16; give --mixed_precision fp16 or no")
+    precision = options.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # or the launch's
+    if precision == "fp16" and not torch.cuda.is_available():  # Accelerate would silently compute in float32
+        raise UserError("--mixed_precision fp16 has no effect without a GPU: give bf16 (which works on CPU) or no")
     return options
+
+
+def check_lengths(options, model) -> None:
+    """A length that cannot hold an image's tokens is refused before anything is written."""
+    image_tokens = model.config.image_seq_length
+    for name in ("max_length", "model_max_length"):
+        value = getattr(options, name)
+        if value is not None and value <= image_tokens:
+            raise UserError(
+                f"--{name} {value} cannot hold an image's {image_tokens} tokens and a text: give more than "
+                f"{image_tokens}."
+            )
 
 
 def load_vlm(name: str):
@@ -121,19 +160,39 @@ def freeze(model, stage: str, unfreeze_vision: bool) -> int:
 
 def run_stage(options, stage: str, model, processor, conversations: list[Conversation], source: str) -> dict:
     """One stage, as its own run in `options.output_dir`: returns its results."""
+    check_lengths(options, model)
+    if options.template == "plain" and (text_only := next((c for c in conversations if c.image is None), None)):
+        raise UserError(f"conversation {text_only.id!r} has no image: the plain template (stage 1) needs one")
     accelerator = make_accelerator(options)
     set_seed(options.seed)
     trainable = freeze(model, stage, options.unfreeze_vision)
+    saved_dtype = model.dtype  # the folder's; trained in float32 master weights, saved back in it
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if changed := training_dtypes(model, accelerator.mixed_precision, sharded):
+        logger.info(f"Training in float32: {', '.join(changed)} (mixed precision: {accelerator.mixed_precision})")
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    encoder = ConversationEncoder(processor, model.config.image_seq_length, options.max_length)
+    encoder = ConversationEncoder(
+        processor,
+        model.config.image_seq_length,
+        options.max_length,
+        options.template,
+        options.model_max_length,
+        options.pad_to_square,
+    )
     data = ConversationDataset(conversations, encoder)
     plan = BatchPlan.from_options(options, accelerator.num_processes, len(data))
+    sampler = (
+        ModalityGroupedSampler(conversations, plan.per_device_batch_size, accelerator.num_processes, options.seed)
+        if options.group_by_modality
+        else None
+    )
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=plan.per_device_batch_size,
-        shuffle=True,
-        drop_last=True,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=options.drop_last,
         collate_fn=partial(collate_conversations, pad_token_id=processor.tokenizer.pad_token_id),
         num_workers=options.num_workers,
     )
@@ -146,11 +205,16 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
         "seed": options.seed,
         "max_steps": plan.max_steps,
         "learning_rate": options.learning_rate,
+        "template": options.template,
+        "model_max_length": options.model_max_length,
+        "group_by_modality": options.group_by_modality,
+        "pad_to_square": options.pad_to_square,
     }
     run = Run(accelerator, options.output_dir, fingerprint, options.checkpoints_total_limit)
-    resume_from = run.start(vars(options), options.resume_from_checkpoint, options.overwrite)
+    resume_from = run.check(options.resume_from_checkpoint, options.overwrite)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
-    training = prepare_training(accelerator, run, model, optimizer, data, loader, plan, resume_from)
+    run.record(vars(options), options.overwrite)  # the folder's first file, once nothing can refuse the run
+    training = prepare_training(accelerator, run, VLMForTraining(model), optimizer, data, loader, plan, resume_from)
     if accelerator.is_main_process:
         accelerator.init_trackers(f"vlm-{stage}", config=plain_options(options))
     logger.info(
@@ -158,7 +222,7 @@ def run_stage(options, stage: str, model, processor, conversations: list[Convers
         f"conversations on {plan.num_processes} process(es); warm-up {plan.warmup_steps} steps."
     )
     loss = train(options, stage, training, plan, run, accelerator)
-    results = finish(options, stage, training, processor, plan, run, accelerator, source, loss)
+    results = finish(options, stage, training, processor, plan, run, accelerator, source, loss, saved_dtype)
     accelerator.end_training()
     return results
 
@@ -173,8 +237,9 @@ def train(options, stage: str, training: Training, plan: BatchPlan, run: Run, ac
     loss = torch.tensor(float("nan"))
     for batch in batches(accelerator, training.loader, training.data, state):
         with accelerator.accumulate(training.module):
-            loss = training.module(**batch).loss
+            loss = training.module(**batch)
             accelerator.backward(loss)
+            check_finite(accelerator, loss, training.module, state, run.output_dir)
             training.optimizer.step()
             training.optimizer.zero_grad()
         if not accelerator.sync_gradients:
@@ -193,8 +258,8 @@ def train(options, stage: str, training: Training, plan: BatchPlan, run: Run, ac
     return accelerator.reduce(loss.detach(), reduction="mean").item()
 
 
-def finish(options, stage, training: Training, processor, plan, run: Run, accelerator, source, loss) -> dict:
-    """Save the model with its processor and card, write `eval_results.json`, and push when asked."""
+def finish(options, stage, training: Training, processor, plan, run: Run, accelerator, source, loss, dtype) -> dict:
+    """Save the model in `dtype` with its processor and card, write `eval_results.json`, and push when asked."""
     results = {
         "stage": stage,
         "global_step": training.state.global_step,
@@ -205,7 +270,12 @@ def finish(options, stage, training: Training, processor, plan, run: Run, accele
     }
     state_dict = accelerator.get_state_dict(training.module)
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(training.module)
+        state_dict = {
+            name.removeprefix("model."): t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()
+        }
+        model = accelerator.unwrap_model(training.module).model
+        if accelerator.distributed_type != DistributedType.FSDP:
+            model.to(dtype)  # save_pretrained records the dtype of the parameters in the config
         provenance = (
             f"Trained from `{source}` with `examples/train_vlm.py --stage {stage}` ({options.recipe} recipe) on "
             f"{options.dataset or 'the demo conversations about scenes of shapes'} for {training.state.global_step} "
@@ -238,7 +308,9 @@ def demo_model(output_dir: Path) -> Path:
             with atomic_directory(output_dir / "language-model", overwrite=True) as staging:
                 language_model.save_pretrained(staging)
                 tokenizer.save_pretrained(staging)
-            model, processor = build_llava(str(DEMO_DIFFCLIP), str(output_dir / "language-model"))
+            model, processor = build_llava(
+                str(DEMO_DIFFCLIP), str(output_dir / "language-model"), chat_template="short"
+            )
             provenance = "The demo's: the DiffCLIP of examples/pretrain.py and a tiny Llama that read the demo's text."
             save_vlm(model, processor, folder, provenance, overwrite=True)
     return folder

@@ -16,10 +16,13 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip import modeling_clip
 from transformers.models.clip.configuration_clip import CLIPTextConfig
 from transformers.models.clip.modeling_clip import (
+    CLIPMLP,
     CLIPAttention,
     CLIPEncoder,
     CLIPEncoderLayer,
@@ -80,9 +83,19 @@ class DiffCLIPRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor | list[torch.Tensor], lambda_full: torch.Tensor | None = None, scale=1.0
+    ) -> torch.Tensor:
+        """
+        weight · RMSNorm(`hidden_states`), of the input's shape. With `lambda_full`, `hidden_states` is instead the
+        list of attention outputs that [`DifferentialNorm`] takes, and the result its scale · weight · RMSNorm(O1 −
+        λ·O2). The weight is read here, in the module's own forward, where hooks such as Accelerate's offloading (which
+        loads the weight on call) and PEFT's `modules_to_save` (which swaps the module) take effect.
+        """
+        if lambda_full is not None:
+            return DifferentialNorm.apply(lambda_full, self.weight, scale, self.variance_epsilon, *hidden_states)
         normed = nn.functional.rms_norm(hidden_states.float(), self.weight.shape, eps=self.variance_epsilon)
-        return normed.to(hidden_states.dtype) * self.weight
+        return normed.to(hidden_states.dtype) * self.weight * scale
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
@@ -138,6 +151,32 @@ def _difference(outputs: list[torch.Tensor], lambda_full: torch.Tensor) -> torch
     return diff.to(torch.promote_types(diff.dtype, torch.float32))
 
 
+class DiffCLIPLambda(nn.Module):
+    """
+    The λ of one differential-attention layer, λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, from four learned vectors of
+    size `head_dim`. A module of its own, called for λ, so that the vectors reach the computation through a forward
+    (Accelerate's offloading hooks load them there) and PEFT's `modules_to_save` can name them (`"diff_lambda"`).
+    """
+
+    def __init__(self, head_dim: int, lambda_init: float, std_dev: float):
+        super().__init__()
+        self.std_dev = std_dev  # of the vectors' normal initialisation
+        self.lambda_q1 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_k1 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_q2 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_k2 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_init = lambda_init
+
+    def forward(self) -> torch.Tensor:
+        """The scalar λ, in float32."""
+        lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dtype=torch.float32))
+        lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dtype=torch.float32))
+        return lambda_1 - lambda_2 + self.lambda_init
+
+    def extra_repr(self) -> str:
+        return f"{self.lambda_q1.shape[0]}, lambda_init={self.lambda_init}"
+
+
 class DiffCLIPAttention(CLIPAttention):
     """
     Multi-head differential attention with the released DiffCLIP head layout.
@@ -163,17 +202,12 @@ class DiffCLIPAttention(CLIPAttention):
         super().__init__(config)
         self.layer_idx = layer_idx
         self.lambda_init = config.layer_lambda_init(layer_idx)
-        self.lambda_q1 = nn.Parameter(torch.zeros(self.head_dim))
-        self.lambda_k1 = nn.Parameter(torch.zeros(self.head_dim))
-        self.lambda_q2 = nn.Parameter(torch.zeros(self.head_dim))
-        self.lambda_k2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.diff_lambda = DiffCLIPLambda(self.head_dim, self.lambda_init, config.lambda_std_dev)
         self.diff_norm = DiffCLIPRMSNorm(2 * self.head_dim, eps=1e-5)
 
     def lambda_full(self) -> torch.Tensor:
         """The scalar λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init of this layer, in float32."""
-        lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dtype=torch.float32))
-        lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dtype=torch.float32))
-        return lambda_1 - lambda_2 + self.lambda_init
+        return self.diff_lambda()
 
     def softmax_maps(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -239,7 +273,9 @@ class DiffCLIPAttention(CLIPAttention):
             # once. The backend gets empty values: only its maps are used.
             _, attn_weights = attend(queries, keys, values.new_empty(*queries.shape[:-1], 0))
             attn_weights = attn_weights[:, 0::2] - lambda_full.to(attn_weights.dtype) * attn_weights[:, 1::2]
-            attn_output = self.diff_norm(torch.matmul(attn_weights, values).transpose(1, 2)) * (1 - self.lambda_init)
+            attn_output = self.diff_norm(
+                torch.matmul(attn_weights, values).transpose(1, 2), scale=1 - self.lambda_init
+            )
         else:
             # (batch, heads / 2, seq, head_dim) views: the first and second maps' queries and keys, the value halves
             maps = list(
@@ -247,9 +283,7 @@ class DiffCLIPAttention(CLIPAttention):
             )
             halves = values.unflatten(-1, (2, -1)).unbind(-2)
             outputs = [attend(q, k, half)[0] for half in halves for q, k in maps]
-            attn_output = DifferentialNorm.apply(
-                lambda_full, self.diff_norm.weight, 1 - self.lambda_init, self.diff_norm.variance_epsilon, *outputs
-            )
+            attn_output = self.diff_norm(outputs, lambda_full=lambda_full, scale=1 - self.lambda_init)
             attn_weights = None
         attn_output = self.out_proj(attn_output.reshape(*input_shape, -1))
         return attn_output, attn_weights
@@ -299,7 +333,8 @@ class DiffCLIPTextEmbeddings(CLIPTextEmbeddings):
 
 
 class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
-    """CLIP's class token + patch + position embeddings, with an optional patch-embedding bias."""
+    """CLIP's class token + patch + position embeddings, with an optional patch-embedding bias; refuses missing or
+    malformed pixel values."""
 
     def __init__(self, config: DiffCLIPVisionConfig):
         super().__init__(config)
@@ -308,7 +343,13 @@ class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
                 config.num_channels, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True
             )
 
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding=False) -> torch.Tensor:
+        # e.g. the dual encoder in the feature-extraction pipeline, which passes text only
+        if pixel_values is None:
+            raise ValueError(
+                "`pixel_values` is missing: pass images preprocessed by the model's processor (`pixel_values`). For "
+                "text embeddings alone, call `get_text_features(input_ids)` or load `DiffCLIPTextModelWithProjection`."
+            )
         num_channels = self.config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels or not pixel_values.is_floating_point():
             raise ValueError(
@@ -319,12 +360,39 @@ class DiffCLIPVisionEmbeddings(CLIPVisionEmbeddings):
         return super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
 
 
+def _unsupported_attention(name: str) -> ValueError:
+    return ValueError(
+        f'DiffCLIP does not support attn_implementation="{name}": use "sdpa" (the default), "eager", '
+        '"flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4", a Hub FlashAttention '
+        'kernel such as "kernels-community/flash-attn2", or a function registered with AttentionInterface.register.'
+    )
+
+
 class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
     """Weight initialisation and loading conventions shared by all DiffCLIP models."""
 
     config: DiffCLIPConfig
     _no_split_modules = ["DiffCLIPTextEmbeddings", "DiffCLIPEncoderLayer", "DiffCLIPVisionEmbeddings"]
-    _supports_flash_attn = False
+    # What is tested (tests/test_attention_kernels.py, benchmarks/gpu_check.py on a GPU): the fused path's calls on
+    # sdpa, flex attention, and FlashAttention's contract as Transformers' `flash_attention_forward` takes it, which
+    # FlashAttention 2/3 and the Hub's flash kernels share; not serving backends (vLLM, TGI) nor paged attention.
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
+    _supports_attention_backend = False
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        # For a name it does not know, Transformers would list its own names, paged attention among them.
+        if isinstance(attn_implementation, str) and "/" not in attn_implementation:
+            if attn_implementation.removeprefix("paged|") not in ["eager", *ALL_ATTENTION_FUNCTIONS]:
+                raise _unsupported_attention(attn_implementation)
+        implementation = super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        # Paged attention reads a paged KV cache, which an encoder has not; a Hub kernel without FlashAttention's
+        # varlen interface gets another of Transformers' wrappers, whose calls DiffCLIP has not been tested with.
+        flash_wrapped = ALL_ATTENTION_FUNCTIONS.get(implementation) is flash_attention_forward
+        if "paged" in implementation or ("/" in implementation and not flash_wrapped):
+            raise _unsupported_attention(implementation)
+        return implementation
 
     def _backward_compatibility_gradient_checkpointing(self):
         # Each DiffCLIP constructor runs its CLIP parent's first, whose `post_init` would turn `config.
@@ -335,13 +403,85 @@ class DiffCLIPPreTrainedModel(CLIPPreTrainedModel):
         self._clip_post_init_done = True
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, DiffCLIPAttention):
-            std = module.config.lambda_std_dev
-            for parameter in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
-                init.normal_(parameter, mean=0.0, std=std)
+        """
+        A new model starts as the official code's does (https://github.com/hammoudhasan/DiffCLIP, whose CLIP baseline
+        is SLIP's CLIP), tower by tower; every std and bound is scaled by `initializer_factor` (1 by default).
+
+        Text tower, differential or not (OpenAI CLIP's `initialize_parameters`, width w, L layers): token embeddings
+        N(0, 0.02), positions N(0, 0.01), q/k/v N(0, w^-1/2), out_proj N(0, w^-1/2 (2L)^-1/2), fc1 N(0, (2w)^-1/2),
+        fc2 N(0, w^-1/2 (2L)^-1/2); biases as the official modules leave them: PyTorch's default U(±fan_in^-1/2) for
+        the MLP and for differential attention's `nn.Linear`s, zero for CLIP's `nn.MultiheadAttention`.
+
+        Vision tower (a timm ViT): positions trunc-normal(0.02), class token N(0, 1e-6), patch embedding PyTorch's
+        default. A plain tower's linear layers are timm's: trunc-normal(0.02) weights, zero biases. The official
+        differential ViT builds its blocks after timm's initialisation has run, so their linear layers keep PyTorch's
+        default, U(±fan_in^-1/2) for weights and biases; λ vectors N(0, lambda_std_dev) in both towers.
+
+        Norms start at one (zero bias); projections N(0, width^-1/2) as CLIP; logit scale `logit_scale_init_value`
+        (log(1/0.07)).
+        """
+        if isinstance(module, DiffCLIPLambda):
+            for parameter in module.parameters():
+                init.normal_(parameter, mean=0.0, std=module.std_dev)
+            return
+        if isinstance(module, (CLIPAttention, CLIPMLP)):  # not CLIP's rules (Transformers' differ from OpenAI's)
+            for layer in module.children():
+                if isinstance(layer, nn.Linear):
+                    _official_linear_init(module, layer)
+            return
+        super()._init_weights(module)  # norms, buffers, projections and the classifier are CLIP's
+        if isinstance(module, CLIPTextEmbeddings):
+            factor = self.config.initializer_factor
+            init.normal_(module.token_embedding.weight, std=0.02 * factor)
+            init.normal_(module.position_embedding.weight, std=0.01 * factor)
+        elif isinstance(module, CLIPVisionEmbeddings):
+            factor = module.config.initializer_factor
+            init.normal_(module.class_embedding, std=1e-6 * factor)
+            init.trunc_normal_(module.position_embedding.weight, std=0.02 * factor)
+            _torch_default_init(module.patch_embedding, factor)
+        elif isinstance(module, nn.Linear):
+            # Transformers skips the modules of custom code that own no parameter (CLIP's attention and MLP): their
+            # linear layers are also initialised one by one, by the rule of the block they belong to.
+            block = next(
+                (b for b in self.modules() if isinstance(b, (CLIPAttention, CLIPMLP)) and module in b.children()), None
+            )
+            if block is not None:
+                _official_linear_init(block, module)
         elif isinstance(module, DiffCLIPModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+def _torch_default_init(layer: nn.Linear | nn.Conv2d, factor: float) -> None:
+    """PyTorch's own initialisation of a linear or convolution layer: weight and bias U(±fan_in^-1/2)."""
+    bound = factor * layer.weight[0].numel() ** -0.5
+    init.uniform_(layer.weight, -bound, bound)
+    if layer.bias is not None:
+        init.uniform_(layer.bias, -bound, bound)
+
+
+def _official_linear_init(block: CLIPAttention | CLIPMLP, layer: nn.Linear) -> None:
+    """The official code's initialisation of one linear layer of an attention or MLP block (see
+    `DiffCLIPPreTrainedModel._init_weights`)."""
+    config = block.config
+    factor = config.initializer_factor
+    if not isinstance(config, CLIPTextConfig):  # vision: timm's ViT, or PyTorch's default in a differential ViT
+        if config.use_differential_attention:
+            _torch_default_init(layer, factor)
+        else:
+            init.trunc_normal_(layer.weight, std=0.02 * factor)
+            init.zeros_(layer.bias)
+        return
+    width, depth = config.hidden_size, config.num_hidden_layers
+    name = next(name for name, child in block.named_children() if child is layer)
+    # q/k/v and fc1 read the residual stream; out_proj and fc2 write into it
+    std = {"q_proj": width**-0.5, "k_proj": width**-0.5, "v_proj": width**-0.5, "fc1": (2 * width) ** -0.5}.get(
+        name, width**-0.5 * (2 * depth) ** -0.5
+    )
+    if isinstance(block, (CLIPMLP, DiffCLIPAttention)):
+        _torch_default_init(layer, factor)  # for the bias; the weight is drawn below
+    else:  # nn.MultiheadAttention's zero biases
+        init.zeros_(layer.bias)
+    init.normal_(layer.weight, std=std * factor)
 
 
 class DiffCLIPTextModel(DiffCLIPPreTrainedModel, CLIPTextModel):
@@ -462,25 +602,42 @@ class DiffCLIPForImageClassification(DiffCLIPPreTrainedModel, CLIPForImageClassi
 # Transformers renames checkpoint keys by class name (5.18 and newer) or model type: CLIP's bare towers drop the dual
 # encoder's `vision_model.` or `text_model.` prefix, so that they load a CLIPModel checkpoint. DiffCLIP's towers get
 # the same renaming, under whichever key CLIP's has; without it they would load a DiffCLIPModel checkpoint as random
-# weights. (Re-registered when trust_remote_code imports a copy.)
-for _tower, _clip_tower in ((DiffCLIPVisionModel, CLIPVisionModel), (DiffCLIPTextModel, CLIPTextModel)):
+# weights. Where CLIP nests its towers' modules (5.0-5.5), a bare tower saved by a later release lacks the prefix of
+# the nested module instead (a dual-encoder checkpoint has it already). Every DiffCLIP class, and each model type for
+# releases that look mappings up by model type only, also maps the λ vectors' first names, `self_attn.lambda_q1` etc.
+# (before they moved into `DiffCLIPLambda`), onto the current ones; Transformers reverses the renaming when saving,
+# so checkpoints keep the first names. A tower inside a dual model adds its own scoped copy of the renaming, which
+# then matches nothing. (Re-registered when trust_remote_code imports a copy.)
+_LAMBDA_RENAMINGS = [
+    WeightRenaming(f"self_attn.lambda_{vector}", f"self_attn.diff_lambda.lambda_{vector}")
+    for vector in ("q1", "k1", "q2", "k2")
+]
+_TOWER_RENAMINGS = {}
+for _tower, _clip_tower, _attribute in (
+    (DiffCLIPVisionModel, CLIPVisionModel, "vision_model"),
+    (DiffCLIPTextModel, CLIPTextModel, "text_model"),
+):
     for _key, _clip_key in (
         (_tower.__name__, _clip_tower.__name__),
         (_tower.config_class.model_type, _clip_tower.config_class.model_type),
     ):
-        if (_mapping := get_checkpoint_conversion_mapping(_clip_key)) is not None:
-            register_checkpoint_conversion_mapping(_key, _mapping, overwrite=True)
-# Where CLIP nests its towers' modules (5.0-5.5), a bare tower saved by a later release lacks the prefix of its nested
-# module; a dual-encoder checkpoint has it already.
-if _NESTED_TOWERS:
-    from transformers.core_model_loading import WeightRenaming
-
-    for _tower, _attribute in ((DiffCLIPTextModel, "text_model"), (DiffCLIPVisionModel, "vision_model")):
-        register_checkpoint_conversion_mapping(
-            _tower.config_class.model_type,
-            [WeightRenaming(f"^{m}", f"{_attribute}.{m}") for m in _NESTED_MODULES[_attribute]],
-            overwrite=True,
-        )
+        _TOWER_RENAMINGS[_key] = get_checkpoint_conversion_mapping(_clip_key) or []
+    if _NESTED_TOWERS:
+        _TOWER_RENAMINGS[_tower.config_class.model_type] += [
+            WeightRenaming(f"^{m}", f"{_attribute}.{m}") for m in _NESTED_MODULES[_attribute]
+        ]
+for _name in (
+    DiffCLIPVisionModel.__name__,
+    DiffCLIPTextModel.__name__,
+    DiffCLIPModel.__name__,
+    DiffCLIPTextModelWithProjection.__name__,
+    DiffCLIPVisionModelWithProjection.__name__,
+    DiffCLIPForImageClassification.__name__,
+    DiffCLIPConfig.model_type,
+    DiffCLIPTextConfig.model_type,
+    DiffCLIPVisionConfig.model_type,
+):
+    register_checkpoint_conversion_mapping(_name, _TOWER_RENAMINGS.get(_name, []) + _LAMBDA_RENAMINGS, overwrite=True)
 
 
 __all__ = [

@@ -8,9 +8,10 @@ vision tower with `AutoModel` itself before LLaVA's constructor asks for it.
 
 from transformers import AutoModel, LlavaForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 
 from .configuration_diffclip_llava import DiffCLIPLlavaConfig
-from .modeling_diffclip import _NESTED_MODULES, _NESTED_TOWERS, DiffCLIPVisionModel
+from .modeling_diffclip import _LAMBDA_RENAMINGS, _NESTED_MODULES, _NESTED_TOWERS, DiffCLIPVisionModel
 
 
 class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -29,19 +30,17 @@ class DiffCLIPLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(config)
 
 
-# Releases that rename checkpoint keys by model type (before 5.18) rename LLaVA's under `llava` only, and those that
-# nest the vision tower's modules in its `vision_model` (before 5.6, see `_tower_modules`) need that prefix added:
-# this model type gets both renamings, or its weights would load as random ones there. (Not anchored: some releases
-# strip the `model.` prefix before renaming.)
-_mapping = get_checkpoint_conversion_mapping("llava") or []
+# Releases that rename checkpoint keys by model type (before 5.18) rename LLaVA's under `llava` only, those that
+# nest the vision tower's modules in its `vision_model` (before 5.6, see `_tower_modules`) need that prefix added, and
+# those that look up the top-level model's mapping only (as 5.0) need the λ vectors' renaming here too: this model
+# type gets all three, or its weights would load as random ones there. (Not anchored: some releases strip the
+# `model.` prefix before renaming.)
+_mapping = (get_checkpoint_conversion_mapping("llava") or []) + _LAMBDA_RENAMINGS
 if _NESTED_TOWERS:
-    from transformers.core_model_loading import WeightRenaming
-
     _mapping += [
         WeightRenaming(f"vision_tower.{m}", f"vision_tower.vision_model.{m}") for m in _NESTED_MODULES["vision_model"]
     ]
-if _mapping:
-    register_checkpoint_conversion_mapping(DiffCLIPLlavaConfig.model_type, _mapping, overwrite=True)
+register_checkpoint_conversion_mapping(DiffCLIPLlavaConfig.model_type, _mapping, overwrite=True)
 
 
 __all__ = ["DiffCLIPLlavaForConditionalGeneration"]

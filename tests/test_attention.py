@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffclip_lab.official import attention
+from diffclip_lab.official import attention, official_attention_tensors
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
@@ -16,7 +16,7 @@ def reference_differential_attention(attn: DiffCLIPAttention, x: torch.Tensor, m
     float64: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d, out_i = (1 − λ_init) ·
     RMSNorm((A1 − λ A2) V_i) with a learned weight. Returns the output, the maps A1 − λ A2 and λ.
     """
-    p = {name: t.detach().double() for name, t in attn.state_dict().items()}
+    p = {name: t.detach().double() for name, t in official_attention_tensors(attn.state_dict()).items()}
     lam = (
         math.exp(float(p["lambda_q1"] @ p["lambda_k1"]))
         - math.exp(float(p["lambda_q2"] @ p["lambda_k2"]))
@@ -34,7 +34,7 @@ def make_attention(implementation: str, layer_idx: int = 3, **config_kwargs) -> 
     attn = DiffCLIPAttention(config, layer_idx=layer_idx).eval()
     with torch.no_grad():  # non-trivial λ vectors and norm weight, so every term of the formula matters
         for name, param in attn.named_parameters():
-            if name.startswith("lambda_"):
+            if name.startswith("diff_lambda."):
                 param.normal_(0, 0.3)
             elif name == "diff_norm.weight":
                 param.uniform_(0.5, 1.5)
@@ -87,7 +87,7 @@ def test_eager_and_sdpa_agree_forward_and_backward():
     torch.testing.assert_close(sdpa[1], eager[1], atol=1e-5, rtol=1e-5)
     for name in eager[2]:
         torch.testing.assert_close(sdpa[2][name], eager[2][name], atol=1e-5, rtol=1e-5, msg=name)
-    assert eager[2]["lambda_q1"].abs().sum() > 0  # λ is learned through the differential term
+    assert eager[2]["diff_lambda.lambda_q1"].abs().sum() > 0  # λ is learned through the differential term
 
 
 def test_rows_of_differential_maps_sum_to_one_minus_lambda():

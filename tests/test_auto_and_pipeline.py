@@ -71,6 +71,16 @@ def test_auto_model_on_a_tower_config():
     assert type(AutoModel.from_config(config)) is DiffCLIPVisionModel
 
 
+def test_a_missing_input_gets_a_value_error_naming_what_to_pass(saved_model):
+    """The feature-extraction pipeline runs the dual encoder on text only."""
+    extractor = pipeline("feature-extraction", model=str(saved_model))
+    with pytest.raises(ValueError, match=r"`pixel_values` is missing: pass images .*get_text_features\(input_ids\)"):
+        extractor("a photo of a cat")
+    model = DiffCLIPModel.from_pretrained(saved_model)
+    with pytest.raises(ValueError, match="input_ids"):  # CLIP's own check
+        model(pixel_values=torch.zeros(1, 3, 32, 32))
+
+
 def test_zero_shot_pipeline_scores_are_the_models(saved_model):
     with CaptureLogger(pipeline_base.logger) as captured:
         classifier = pipeline("zero-shot-image-classification", model=str(saved_model))

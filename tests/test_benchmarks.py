@@ -15,6 +15,7 @@ from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, 
 
 bench_attention = load_script("benchmarks/bench_attention.py")
 bench_model = load_script("benchmarks/bench_model.py")
+bench_accumulation = load_script("benchmarks/bench_accumulation.py")
 
 
 def assert_grads_close(actual: dict, expected: dict):
@@ -211,6 +212,16 @@ def test_bench_model_runs_and_writes_json(tmp_path):
     candidates = {"model": ["diffclip-eager", "diffclip-sdpa", "clip-sdpa", "reference"]}
     payload = check_payload(output, "bench_model", candidates, candidates)
     assert {r["batch_size"] for r in payload["results"]} == {4}
+
+
+def test_bench_accumulation_runs_and_writes_json(tmp_path):
+    output = tmp_path / "accumulation.json"
+    args = ["--shapes", "tiny", "--global_batch_size", "64", "--micro_batches", "4", "--repeats", "1", "--warmup", "0"]
+    assert bench_accumulation.main([*args, "--output", str(output)]) == 0
+    results = {r["way"]: r for r in json.loads(output.read_text())["results"]}
+    assert results.keys() == {"one batch", "exact accumulation", "per-micro-batch loss"}
+    assert results["one batch"]["vs_one_batch"] == 1
+    assert all(r["seconds"]["median"] > 0 and r["peak_mib"] > 0 for r in results.values())
 
 
 def test_benchmark_options_are_checked():

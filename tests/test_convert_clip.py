@@ -62,7 +62,7 @@ def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_cl
     for layer_idx, layer in enumerate(model.vision_model.encoder.layers):
         attn = layer.self_attn
         torch.testing.assert_close(attn.diff_norm.weight, torch.ones_like(attn.diff_norm.weight))
-        lambdas = torch.cat([attn.lambda_q1, attn.lambda_k1, attn.lambda_q2, attn.lambda_k2])
+        lambdas = torch.cat(list(attn.diff_lambda.parameters()))
         assert 0.02 < lambdas.std().item() < 0.3  # drawn from N(0, 0.1)
         expected_init = (
             0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if variant.endswith("dynamic") else 0.8

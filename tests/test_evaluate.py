@@ -113,7 +113,7 @@ def test_zeroshot_on_a_datasets_folder(models, data, tmp_path):
 
 def test_retrieval(models, data, tmp_path):
     record = run(models[:1], "retrieval", data["retrieval"], tmp_path)[0]
-    assert record["counts"] == {"images": 6, "captions": 12, "skipped_captions": 0}
+    assert record["counts"] == {"images": 6, "image_queries": 6, "captions": 12, "skipped_captions": 0}
     metrics = record["metrics"]
     assert set(metrics) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
     assert metrics["image_retrieval_recall@10"] == 1.0  # only 6 images
@@ -130,7 +130,12 @@ def test_linear_probe_and_few_shot(models, data, tmp_path):
     episodes = ["--episodes", 30, "--ways", 3, "--shots", 2, "--queries", 2]
     shots = run(models, "few_shot", data["classification"], tmp_path, *episodes)
     assert shots[0]["counts"]["ways"] == 3
+    assert shots[0]["counts"]["queries"] == 2
+    assert "queries_asked" not in shots[0]["counts"]
     assert shots[0]["metrics"]["episodes"] == 30
+    # 4 test images per class: asking for 6 queries uses the 4 there are, and the record says so
+    more = run(models[:1], "few_shot", data["classification"], tmp_path / "more", *episodes[:-1], 6)
+    assert (more[0]["counts"]["queries"], more[0]["counts"]["queries_asked"]) == (4, 6)
     again = run(models[:1], "few_shot", data["classification"], tmp_path, *episodes)
     assert again[0]["metrics"] == shots[0]["metrics"]  # same seed, same episodes, same cached features
 
@@ -247,7 +252,8 @@ def test_empty_captions_are_skipped_and_counted(models, tmp_path):
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "captions"))
     record = run(models[:1], "retrieval", tmp_path / "captions", tmp_path)[0]
-    assert record["counts"] == {"images": 6, "captions": 4, "skipped_captions": 2}
+    # image→text recall is over the 4 captioned images, text→image recall searches all 6
+    assert record["counts"] == {"images": 6, "image_queries": 4, "captions": 4, "skipped_captions": 2}
     assert record["metrics"]["text_retrieval_recall@10"] == 1.0  # the 4 captioned images are the only queries
 
 
@@ -256,7 +262,10 @@ def test_an_image_that_does_not_decode_is_one_line_from_worker_processes(models,
     args = ["--task", "zeroshot", "--dataset", root, "--model", models[0], "--no_cache", "--num_workers", 1]
     assert run_script(evaluate, args) == 1
     err = capsys.readouterr().err
-    assert re.fullmatch(r"error: image \d+ of .*/wds/test does not decode;.*", err.strip().splitlines()[-1])
+    last_line = err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"error: image \d+ of .*/wds/test does not decode \(not an image file Pillow can read\);.*", last_line
+    )
     assert "Traceback" not in err
     assert "worker process" not in err
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import flash_contract
 import pytest
 import torch
 from conftest import REPO_ROOT, load_script
@@ -110,7 +111,15 @@ def test_every_step_parses_with_its_scripts_own_parser(tmp_path, monkeypatch):
     assert backends.command == "backends"
     assert backends.size == "full"
     assert not backends.allow_cpu
-    assert backends.backends == ["eager", "sdpa", "flex_attention"]
+    assert backends.backends == [
+        "eager",
+        "sdpa",
+        "flex_attention",
+        "flash_attention_2",
+        "flash_attention_3",
+        "kernels-community/flash-attn2",
+        "kernels-community/vllm-flash-attn3",
+    ]
     assert backends.dtypes == ["float32", "bfloat16"]
 
     # bench_model's parser refuses --device cuda where CUDA is missing: this machine stands in for a GPU machine
@@ -248,6 +257,31 @@ def test_the_fused_path_reaches_the_flash_kernel_on_cpu(backends_json):
         assert forced["EFFICIENT_ATTENTION"]["reason"]
         limit = gpu_check.FLOAT32_LIMIT if record["dtype"] == "float32" else 0.05
         assert forced["FLASH_ATTENTION"]["output_error"] < limit
+
+
+def test_flash_backends_run_where_available_and_are_recorded_where_not(tmp_path, monkeypatch):
+    """On CPU the real FlashAttention backends are recorded as not run; a stand-in enforcing FlashAttention's contract
+    (tests/flash_contract.py), in their place, runs in bfloat16 only, forward and backward, and passes."""
+    name = flash_contract.register()
+    monkeypatch.setattr(gpu_check, "FLASH_BACKENDS", (*gpu_check.FLASH_BACKENDS, name))
+    real = gpu_check.flash_unavailable
+    monkeypatch.setattr(gpu_check, "flash_unavailable", lambda b, device: None if b == name else real(b, device))
+    path = tmp_path / "backends.json"
+    argv = ["backends", "--output", str(path), "--allow_cpu", "--size", "tiny"]
+    assert gpu_check.main([*argv, "--backends", "eager", "flash_attention_2", name]) == 0
+    payload = json.loads(path.read_text())
+    assert payload["passed"]
+    assert payload["not_run"] == {"flash_attention_2": "needs a CUDA GPU"}
+    assert payload["planned_cases"] == 2 * 2 + 2  # eager: 2 targets × 2 dtypes; the stand-in: bfloat16 only
+    flash = [case for case in payload["cases"] if case["backend"] == name]
+    assert {(case["target"], case["dtype"]) for case in flash} == {
+        ("attention layer", "bfloat16"),
+        ("tiny model", "bfloat16"),
+    }
+    for case in flash:
+        assert case["passed"], case
+        assert case["mode"] == "forward + backward"
+    assert "Not run, unavailable here: `flash_attention_2` (needs a CUDA GPU)." in gpu_check.backends_markdown(payload)
 
 
 def test_the_backend_check_catches_a_wrong_gradient(tmp_path, monkeypatch, capsys):

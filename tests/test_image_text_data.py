@@ -95,7 +95,11 @@ def test_broken_samples_are_skipped_and_counted():
     dataset = MapStyleImageText(datasets.Dataset.from_list(rows), encoder)
     batch = Collator(clip_tokenizer(8), 8, 16)([dataset[i] for i in range(len(dataset))])
     assert batch["num_skipped"].item() == 2
-    assert batch["skipped"] == ["1 (image does not decode)", "2 (empty caption)"]  # named for the log
+    # named for the log: by their file, or else by their row
+    assert batch["skipped"] == [
+        "example 1 (image does not decode: not an image file Pillow can read)",
+        "example 2 (empty caption)",
+    ]
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     assert batch["pixel_values"].dtype == torch.uint8  # normalised on the device, by model_inputs
     assert batch["input_ids"].shape == (2, 8)

@@ -159,7 +159,7 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
     torch.manual_seed(0)
     model = DiffCLIPModel(variant_config("diffclip-dynamic")).eval()
     with torch.no_grad():
-        model.text_model.encoder.layers[1].self_attn.lambda_q2.fill_(0.25)
+        model.text_model.encoder.layers[1].self_attn.diff_lambda.lambda_q2.fill_(0.25)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert not list(tmp_path.glob("*.bin"))
@@ -173,6 +173,34 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
         torch.testing.assert_close(
             loaded(**batch()).logits_per_image, model(**batch()).logits_per_image, atol=1e-6, rtol=1e-5
         )
+
+
+def test_lambda_vectors_keep_their_first_names_in_checkpoints(tmp_path):
+    """The λ vectors live in `self_attn.diff_lambda` (a module PEFT can name) but are saved under the names that
+    checkpoints and their shipped code have always used, `self_attn.lambda_q1` etc.; a file holding the new names
+    (as written where Transformers does not reverse renamings on save) loads too, as do the towers from either."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = DiffCLIPModel(variant_config("diffclip")).eval()
+    model.save_pretrained(tmp_path / "first")
+    saved = load_file(tmp_path / "first" / "model.safetensors")
+    lambda_keys = sorted(key for key in saved if "lambda" in key)
+    assert lambda_keys[:4] == [f"text_model.encoder.layers.0.self_attn.lambda_{v}" for v in ("k1", "k2", "q1", "q2")]
+    assert len(lambda_keys) == 4 * 2 * 2  # four vectors, two layers, two towers
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "config.json").write_bytes((tmp_path / "first" / "config.json").read_bytes())
+    renamed = {key.replace("self_attn.lambda_", "self_attn.diff_lambda.lambda_"): t for key, t in saved.items()}
+    save_file(renamed, tmp_path / "new" / "model.safetensors", metadata={"format": "pt"})
+    expected = model.state_dict()
+    for folder in ("first", "new"):
+        loaded = DiffCLIPModel.from_pretrained(tmp_path / folder).state_dict()
+        assert loaded.keys() == expected.keys()
+        for name, tensor in expected.items():
+            torch.testing.assert_close(loaded[name], tensor, atol=0, rtol=0, msg=f"{folder}: {name}")
+        vision = DiffCLIPVisionModel.from_pretrained(tmp_path / folder).state_dict()
+        for name, tensor in vision.items():
+            torch.testing.assert_close(tensor, expected[f"vision_model.{name}"], atol=0, rtol=0, msg=name)
 
 
 def test_towers_load_from_a_dual_encoder_checkpoint(tmp_path):
@@ -207,7 +235,7 @@ def test_image_classification_head():
     out = model(pixel_values=batch()["pixel_values"], labels=torch.tensor([1, 4]))
     assert out.logits.shape == (2, 5)
     out.loss.backward()
-    assert model.vision_model.encoder.layers[0].self_attn.lambda_q1.grad is not None
+    assert model.vision_model.encoder.layers[0].self_attn.diff_lambda.lambda_q1.grad is not None
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -1,6 +1,8 @@
 """ONNX Runtime export: convert/export_onnx.py, examples/onnx_zero_shot.py and benchmarks/bench_onnx.py."""
 
+import io
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -366,3 +368,24 @@ def test_bench_onnx_at_the_tiny_shape(tmp_path):
     assert all(r["median_s"] > 0 and r["batch_size"] == 3 for r in results.values())
     assert results["image", "onnxruntime"]["max_abs_error"] <= 1e-4
     assert results["text", "onnxruntime"]["max_abs_error"] <= 1e-4
+
+
+def test_zero_shot_example_refuses_an_unreadable_image_and_repeated_labels_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "onnx_config.json").write_text("{}")  # both are refused before the graphs are opened
+    image = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(image.getvalue()[: len(image.getvalue()) // 2])
+    (tmp_path / "photo.jpg").write_bytes(image.getvalue())
+    cases = [
+        ([tmp_path / "cut.jpg", "--labels", "cat", "dog"], "cannot read the image .*cut.jpg: image file is truncated"),
+        ([tmp_path / "absent.jpg", "--labels", "cat", "dog"], "cannot read the image .*absent.jpg: .*No such file"),
+        ([tmp_path / "photo.jpg", "--labels", "cat", "cat", "dog", "dog"], "--labels names .cat., .dog. more than"),
+    ]
+    for arguments, message in cases:
+        capsys.readouterr()
+        assert run_script(EXAMPLE, [folder, *arguments]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert re.match(f"error: {message}", err[0]), err[0]

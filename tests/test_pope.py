@@ -15,6 +15,7 @@ from diffclip_lab.cli import UserError
 from diffclip_lab.pope import (
     build_pope_splits,
     check_images,
+    is_unknown_answer,
     parse_answer,
     pope_metrics,
     question_text,
@@ -258,6 +259,9 @@ def test_bad_question_files_are_refused_with_the_line_and_keys(tmp_path):
     write_jsonl(path, [good, good])
     with pytest.raises(UserError, match="line 2: question_id 0 appears twice"):
         read_questions(path)
+    write_jsonl(path, [good, {**good, "question_id": "0"}])  # JSON keeps 0 and "0" apart; one question all the same
+    with pytest.raises(UserError, match=r"line 2: question_id '0' appears twice \(1 and \"1\" are the same\)"):
+        read_questions(path)
     path.write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(UserError, match="line 2: not JSON"):
         read_questions(path)
@@ -291,7 +295,8 @@ def test_missing_images_are_named(tmp_path):
 
 VOCABULARY = (
     "USER ASSISTANT : ? . , is there a an in the image answer question using single word or phrase yes no not "
-    "red green blue square circle dog cat"
+    "red green blue square circle dog cat chat between curious user and artificial intelligence assistant gives "
+    "helpful detailed polite answers to ' s questions"  # LLaVA's system prompt
 ).split()
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: {% for item in message['content'] %}"
@@ -409,9 +414,17 @@ def run_pope(model, pope_data, output, *extra):
 
 
 @torch.no_grad()
-def answer_by_hand(model, processor, image_path, question: str) -> str:
-    """One greedy answer, prompted with the template's text written out by hand, independently of pope.py."""
-    prompt = f"USER: <image>\n{question}\nAnswer the question using a single word or phrase.\nASSISTANT:"
+def answer_by_hand(model, processor, image_path, question: str, llava: bool = True) -> str:
+    """One greedy answer, prompted with the text written out by hand, independently of pope.py: LLaVA's
+    (`model_vqa_loader.py --conv-mode vicuna_v1`: conv_vicuna_v1's system prompt, " ", "USER: <image>\\n" + question,
+    " ASSISTANT:"), or this stock model's own chat template."""
+    short = f"{question}\nAnswer the question using a single word or phrase."
+    prompt = (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        f"detailed, and polite answers to the user's questions. USER: <image>\n{short} ASSISTANT:"
+        if llava
+        else f"USER: <image>\n{short}\nASSISTANT:"
+    )
     inputs = processor(text=prompt, images=Image.open(image_path).convert("RGB"), return_tensors="pt")
     output = model.generate(**inputs, do_sample=False, max_new_tokens=6)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
@@ -425,7 +438,8 @@ def test_evaluate_pope_end_to_end(tiny_llavas, pope_data, tmp_path, capsys):
     records = run_pope(tiny_llavas[0], pope_data, output, "--batch_size", 4)
     assert json.loads(output.read_text()) == records
     table = capsys.readouterr().out
-    assert "| split | accuracy | precision | recall | f1 | yes_ratio | questions |" in table
+    assert "| split | accuracy | precision | recall | f1 | yes_ratio | questions | unknown |" in table
+    assert "(prompt: vicuna_v1)" in table  # a stock llava model: LLaVA's conversation, not its processor's
     assert [record["split"] for record in records] == ["random", "popular"]
     model = AutoModelForImageTextToText.from_pretrained(tiny_llavas[0]).eval()
     processor = AutoProcessor.from_pretrained(tiny_llavas[0])
@@ -443,6 +457,9 @@ def test_evaluate_pope_end_to_end(tiny_llavas, pope_data, tmp_path, capsys):
                 model, processor, root / "images" / question["image"], question["text"]
             )
             assert answer["prediction"] == parse_answer(answer["answer"])
+            assert answer["unknown"] == (answer["prediction"] == "yes" and "yes" not in answer["answer"].lower())
+        assert record["counts"]["unknown_answers"] == sum(a["unknown"] for a in answers)
+        assert record["counts"]["prompt"] == "vicuna_v1"
         # the scores, recounted from the file's predictions
         pairs = [(a["prediction"], a["label"]) for a in answers]
         tp, fp = pairs.count(("yes", "yes")), pairs.count(("yes", "no"))
@@ -550,3 +567,27 @@ def test_bad_input_through_the_command_line(pope_data, tmp_path, capsys):
         assert err[0].startswith("error: ")
         assert re.search(message, err[0]), err[0]
         assert not output.exists()
+
+
+def test_the_processor_prompt_is_the_models_own_template(tiny_llavas, pope_data, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    root, splits = pope_data
+    records = run_pope(tiny_llavas[0], pope_data, tmp_path / "pope.json", "--prompt", "processor")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llavas[0]).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llavas[0])
+    questions = [json.loads(line) for line in splits["random"].read_text().splitlines()]
+    for answer, question in zip(records[0]["answers"], questions, strict=True):
+        expected = answer_by_hand(model, processor, root / "images" / question["image"], question["text"], llava=False)
+        assert answer["answer"] == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "unknown"),
+    [("Yes", False), ("yes, there is", False), ("Yes!", False), ("No", False), ("not sure", False),
+     ("", True), ("Nope", True), ("cat phrase", True), ("There is a dog. Yes.", True), ("YES.", False)],
+)  # fmt: skip
+def test_answers_read_as_yes_without_a_yes_are_unknown(answer, unknown):
+    assert is_unknown_answer(answer) == unknown
+    if unknown:
+        assert parse_answer(answer) == "yes"  # LLaVA's rule, kept: counted, not changed

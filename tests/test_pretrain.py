@@ -2,6 +2,7 @@
 streaming, bad samples, the demo, and the errors raised before training."""
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -78,7 +79,11 @@ def test_fsdp_config_trains_like_one_process(webdataset, one_process_run, tmp_pa
 
 
 def test_bad_samples_are_skipped_and_counted(one_process_run):
-    output, _ = one_process_run
+    output, log = one_process_run
+    # named by shard and key (24 samples per shard), with the reason
+    assert "Skipped sample 00000.tar:000005 (image does not decode: not an image file Pillow can read)" in log
+    assert "Skipped sample 00001.tar:000030 (image does not decode: " in log
+    assert "Skipped sample 00000.tar:000017 (empty caption)" in log
     results = json.loads((output / "eval_results.json").read_text())
     # 12 steps of 8 = 96 samples = two epochs over 48, each epoch skipping the 3 broken samples
     assert results["skipped_samples"] == 2 * len(BAD_KEYS)
@@ -86,15 +91,25 @@ def test_bad_samples_are_skipped_and_counted(one_process_run):
     assert results["num_processes"] == 1
 
 
-def test_samples_are_counted_across_accumulated_micro_batches(webdataset, tmp_path):
+def test_accumulated_micro_batches_train_as_one_batch_count_samples_and_resume(webdataset, one_process_run, tmp_path):
+    one, _ = one_process_run
     output = tmp_path / "accumulated"
-    args = ["--per_device_batch_size", 4, "--gradient_accumulation_steps", 2, *COMMON]
-    launch("--dataset", webdataset, "--output_dir", output, *args)
+    args = ["--dataset", webdataset, "--output_dir", output, "--per_device_batch_size", 4]
+    args += ["--gradient_accumulation_steps", 2, "--checkpointing_steps", 4, *COMMON]
+    launch(*args)
     results = json.loads((output / "eval_results.json").read_text())
     # 12 steps of 2 micro-batches of 4 = 96 samples, two epochs over 48, each skipping the 3 broken samples
     assert results["global_batch_size"] == 8
     assert results["skipped_samples"] == 2 * len(BAD_KEYS)
     assert results["images_seen"] == 96 - 2 * len(BAD_KEYS) == metrics(output)[12]["images_seen"]
+    single, accumulated = metrics(one), metrics(output)
+    for step in single:  # the whole global batch as negatives: the losses and gradients of batches of 8
+        assert accumulated[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4, abs=1e-5), step
+
+    finished = load_file(output / "model" / "model.safetensors")
+    launch(*args, "--resume_from_checkpoint", output / "checkpoint-8")  # its steps 9 to 12 again
+    for name, tensor in load_file(output / "model" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, finished[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_fine_tuning_a_saved_diffclip_says_where_it_came_from(webdataset, saved_tiny_models, tmp_path):
@@ -232,6 +247,11 @@ def test_errors_before_training(webdataset, one_process_run, saved_tiny_models, 
             r"another run or model.*variant \('diffclip' vs 'clip'\)",
         ),
         (["--resume_from_checkpoint", str(webdataset)], UserError, "not a checkpoint of this script"),
+        (
+            ["--dataset", str(webdataset), "--per_device_batch_size", "8", "--max_steps", "2", "--warmup_epochs", "5"],
+            UserError,
+            r"the warm-up \(30 steps\) is longer than the run \(2 steps\)",
+        ),
         (["--model_config", "vit-h-14"], UserError, "not one of"),
         (["--init_from", str(tmp_path / "runs/x/model")], UserError, "no such file or folder"),
         (
@@ -256,7 +276,7 @@ def test_errors_before_training(webdataset, one_process_run, saved_tiny_models, 
         output = ["--output_dir", str(tmp_path / "out")] if "--output_dir" not in argv else []
         with pytest.raises(error, match=message):
             pretrain.main([*argv, *output])
-    assert not (tmp_path / "out" / "model").exists()
+    assert not (tmp_path / "out").exists()  # the run folder gets its first file when training starts
     assert (unrelated / "holiday.jpg").read_bytes() == b"precious"
     assert list(unrelated.iterdir()) == [unrelated / "holiday.jpg"]
 
@@ -289,3 +309,37 @@ def test_command_line_errors_are_one_line(tmp_path):
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines()[-1].startswith("error: --global_batch_size 10 does not divide")
+
+
+def test_a_refused_run_leaves_no_folder_and_the_corrected_command_runs(webdataset, tmp_path):
+    """The first round's finding: a run refused before training (here its warm-up) wrote run_config.json, and the
+    corrected command was then refused as "already holds a run"."""
+    pretrain = load_script("examples/pretrain.py")
+    argv = ["--dataset", str(webdataset), "--output_dir", str(tmp_path / "run"), "--per_device_batch_size", "8"]
+    argv += ["--max_steps", "1", "--num_workers", "0"]
+    with pytest.raises(UserError, match="longer than the run"):
+        pretrain.main([*argv, "--warmup_ratio", "0", "--warmup_epochs", "1"])
+    assert not (tmp_path / "run").exists()
+    assert pretrain.main(argv)["global_step"] == 1
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_user_error_under_accelerate_launch_quiet_is_its_one_line(processes, tmp_path):
+    """`accelerate launch -q` (README, "When a run stops"): the script's line, without Accelerate's traceback of the
+    launcher (a CalledProcessError repeating the child's stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else []
+    command += [PRETRAIN, "--dataset", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run")]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert 1 <= len(errors) <= processes  # each process says it once, unless stopped by torch as another fails
+    assert all(f"dataset '{tmp_path / 'nowhere'}' not found" in line for line in errors)
+    assert "Traceback (most recent call last)" not in completed.stderr
+    assert "CalledProcessError" not in completed.stderr
+    if processes == 1:
+        assert lines == errors  # nothing else at all
+    assert not (tmp_path / "run").exists()

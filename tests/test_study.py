@@ -105,7 +105,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     launches = [line for line in lines if line.startswith("accelerate launch")]
     assert len(launches) == 4
     assert launches[0] == (
-        "accelerate launch --config_file examples/configs/multi_gpu.yaml examples/pretrain.py --variant clip "
+        "accelerate launch -q --config_file examples/configs/multi_gpu.yaml examples/pretrain.py --variant clip "
         f"--seed 3 --output_dir {output}/runs/clip-seed3 --resume_from_checkpoint latest --checkpointing_steps 100 "
         "--max_steps 7"
     )
@@ -125,6 +125,13 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
         (["--variants", "diffclip", "diffclip-vision"], "the baseline 'clip' is not among --variants"),
         (["--seeds", "0", "0"], "must not repeat"),
         (["--eval_train_examples", "0"], "--eval_train_examples: 0 is below 1"),
+        (["--seeds", "-1"], "--seeds: -1 is below 0"),
+        (["--", "--seed", "4"], "--seed after -- would override what the study sets for each run"),
+        (["--", "--output_dir=elsewhere"], "--output_dir after -- would override"),
+        (["--num_epochs", "2", "--", "--num_epochs", "3"], "--num_epochs after -- would override"),
+        # pretrain.py's own checks, before the study writes or launches anything
+        (["--", "--learning_rate", "-1"], "pretrain.py: error: argument --learning_rate: -1 is not above 0"),
+        (["--", "--adam_beta2", "1"], "pretrain.py: error: argument --adam_beta2: 1 is outside [0, 1)"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(argv, message, tmp_path, capsys):
@@ -132,6 +139,7 @@ def test_bad_options_are_refused_in_one_line(argv, message, tmp_path, capsys):
         STUDY.parse_args(["--output_dir", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
