@@ -68,8 +68,8 @@ def _tower_modules(tower: "DiffCLIPTextModel | DiffCLIPVisionModel") -> nn.Modul
 
 
 def _attention_function(name: str) -> Callable:
-    """The attention function registered as `name`, CLIP's own for "eager" (`get_interface` from 5.?; before, a
-    plain look-up)."""
+    """The attention function registered as `name`, CLIP's own for "eager" (`get_interface` from 5.1; 5.0 looks it
+    up as CLIP's attention does)."""
     if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
         return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
     return eager_attention_forward if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
