@@ -14,13 +14,13 @@ per shape below (`--global_batch_size`, `--micro_batches` override them).
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from diffclip_lab.benchmarking import cell, environment, mebibytes, peak_memory, spread, time_interleaved, write_json
+from diffclip_lab.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 from diffclip_lab.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
 from diffclip_lab.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
@@ -31,12 +31,12 @@ SHAPES = {"tiny": (MODEL_CONFIGS["tiny"], 256, 8), "vit-b-16": (MODEL_CONFIGS["v
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--global_batch_size", type=int, help="default: per shape")
-    parser.add_argument("--micro_batches", type=int, help="default: per shape")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--global_batch_size", type=positive_int, help="default: per shape")
+    parser.add_argument("--micro_batches", type=positive_int, help="default: per shape")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     return parser.parse_args(argv)
 
@@ -83,6 +83,8 @@ def main(argv=None) -> int:
         config_kwargs, global_batch, micro_batches = SHAPES[shape]
         global_batch = args.global_batch_size or global_batch
         micro_batches = args.micro_batches or micro_batches
+        if global_batch % micro_batches:
+            raise UserError(f"a global batch of {global_batch} does not divide into {micro_batches} micro-batches")
         config = DiffCLIPConfig(**config_kwargs).with_variant("diffclip")
         trainer = DualEncoderForTraining(DiffCLIPModel(config)).train()
         ways = steps(trainer, inputs(config, global_batch), micro_batches)
@@ -108,4 +110,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
