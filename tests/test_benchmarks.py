@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from conftest import load_script, tiny_config_kwargs
+from conftest import REPO_ROOT, load_script, tiny_config_kwargs
 from test_attention import causal_padding_mask, make_attention
 from transformers.masking_utils import create_causal_mask
 
 from diffclip_lab.benchmarking import peak_memory, randomise
+from diffclip_lab.cli import UserError
 from diffclip_lab.official import reference_from, to_official_state_dict
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
 
@@ -229,3 +230,46 @@ def test_benchmark_options_are_checked():
         bench_model.main(["--shapes", "vit-b-99"])
     with pytest.raises(SystemExit):
         bench_attention.main(["--repeats", "0"])
+
+
+bench_demo = load_script("benchmarks/bench_demo.py")
+
+
+def test_the_demo_check_flags_a_clear_drop_not_a_seeds_luck():
+    reference = {"seeds": 5, "mean": 70.0, "std": 3.0, "min": 66.0, "max": 74.0}
+    # standard error of the difference: sqrt(9/5 + 9/5) = 1.90, so the bar is a drop of 5.69 points
+    assert not bench_demo.clearly_below({**reference, "mean": 64.4}, reference)
+    assert bench_demo.clearly_below({**reference, "mean": 64.2}, reference)
+    assert not bench_demo.clearly_below({**reference, "mean": 80.0}, reference)
+    # with no spread at all, a drop must still exceed one point
+    exact = {"seeds": 3, "mean": 70.0, "std": 0.0, "min": 70.0, "max": 70.0}
+    assert not bench_demo.clearly_below({**exact, "mean": 69.2}, exact)
+    assert bench_demo.clearly_below({**exact, "mean": 68.9}, exact)
+
+
+def test_the_readme_quotes_the_committed_demo_measurement():
+    summary = json.loads((REPO_ROOT / "docs" / "results" / "demo.json").read_text())["summary"]
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"{summary['mean']:.0f} ± {summary['std']:.0f} %" in readme
+    assert f"over {summary['seeds']} seeds" in readme
+
+
+@pytest.mark.slow  # two short demo runs
+def test_bench_demo_runs_seeds_and_checks_against_a_result_file(tmp_path):
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"summary": {"seeds": 3, "mean": 99.0, "std": 0.5, "min": 98.5, "max": 99.5}}))
+    output = tmp_path / "demo.json"
+    short = ["--", "--max_steps", "2", "--num_workers", "0"]
+    status = bench_demo.main(["--seeds", "3", "4", "--output", str(output), "--check", str(reference), *short])
+    assert status == 1  # two steps of training are clearly below 99 %
+    payload = json.loads(output.read_text())
+    assert [run["seed"] for run in payload["runs"]] == [3, 4]
+    top1 = [100 * run["zeroshot_top1"] for run in payload["runs"]]
+    assert payload["summary"]["mean"] == pytest.approx(sum(top1) / 2)
+    assert payload["summary"]["min"] == min(top1)
+    assert payload["summary"]["max"] == max(top1)
+
+
+def test_bench_accumulation_refuses_a_batch_that_does_not_divide():
+    with pytest.raises(UserError, match="a global batch of 10 does not divide into 4 micro-batches"):
+        bench_accumulation.main(["--shapes", "tiny", "--global_batch_size", "10", "--micro_batches", "4"])
