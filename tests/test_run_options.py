@@ -52,51 +52,38 @@ def test_number_types_take_their_range_and_refuse_the_rest():
     assert math.isclose(positive_float("1e-3"), 0.001)
 
 
-PRETRAIN = load_script("examples/pretrain.py")
+PRETRAIN = "examples/pretrain.py"
+TRAIN_VLM = "examples/train_vlm.py"
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("script", "option", "value", "message"),
     [
-        ("--learning_rate", "-1", "-1 is not above 0"),
-        ("--learning_rate", "nan", "nan is not a finite number"),
-        ("--weight_decay", "-0.1", "-0.1 is below 0"),
-        ("--warmup_ratio", "1.5", r"1.5 is outside \[0, 1\]"),
-        ("--warmup_epochs", "-1", "-1 is below 0"),
-        ("--adam_beta1", "1", r"1 is outside \[0, 1\)"),
-        ("--adam_beta2", "-0.5", r"-0.5 is outside \[0, 1\)"),
-        ("--adam_epsilon", "0", "0 is not above 0"),
-        ("--crop_scale", "0", r"0 is outside \(0, 1\]"),
-        ("--seed", "-3", "-3 is below 0"),
-        ("--num_workers", "-1", "-1 is below 0"),
-        ("--gradient_accumulation_steps", "0", "0 is below 1"),
-        ("--checkpoints_total_limit", "0", "0 is below 1"),
-        ("--shuffle_buffer", "0", "0 is below 1"),
+        (PRETRAIN, "--learning_rate", "-1", "-1 is not above 0"),
+        (PRETRAIN, "--learning_rate", "nan", "nan is not a finite number"),
+        (PRETRAIN, "--weight_decay", "-0.1", "-0.1 is below 0"),
+        (PRETRAIN, "--warmup_ratio", "1.5", r"1.5 is outside \[0, 1\]"),
+        (PRETRAIN, "--warmup_epochs", "-1", "-1 is below 0"),
+        (PRETRAIN, "--adam_beta1", "1", r"1 is outside \[0, 1\)"),
+        (PRETRAIN, "--adam_beta2", "-0.5", r"-0.5 is outside \[0, 1\)"),
+        (PRETRAIN, "--adam_epsilon", "0", "0 is not above 0"),
+        (PRETRAIN, "--crop_scale", "0", r"0 is outside \(0, 1\]"),
+        (PRETRAIN, "--seed", "-3", "-3 is below 0"),
+        (PRETRAIN, "--num_workers", "-1", "-1 is below 0"),
+        (PRETRAIN, "--gradient_accumulation_steps", "0", "0 is below 1"),
+        (PRETRAIN, "--checkpoints_total_limit", "0", "0 is below 1"),
+        (PRETRAIN, "--shuffle_buffer", "0", "0 is below 1"),
+        (TRAIN_VLM, "--learning_rate", "0", "0 is not above 0"),
+        (TRAIN_VLM, "--warmup_ratio", "2", r"2 is outside \[0, 1\]"),
+        (TRAIN_VLM, "--model_max_length", "0", "0 is below 1"),
+        (TRAIN_VLM, "--num_workers", "-2", "-2 is below 0"),
     ],
 )
-def test_pretrain_refuses_out_of_range_options_before_anything_else(option, value, message, tmp_path, capsys):
+def test_training_scripts_refuse_out_of_range_options_before_anything_else(
+    script, option, value, message, tmp_path, capsys
+):
     with pytest.raises(SystemExit) as exit:
-        PRETRAIN.main([option, value, "--output_dir", str(tmp_path / "run")])
-    assert exit.value.code == 2
-    assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
-    assert not (tmp_path / "run").exists()
-
-
-TRAIN_VLM = load_script("examples/train_vlm.py")
-
-
-@pytest.mark.parametrize(
-    ("option", "value", "message"),
-    [
-        ("--learning_rate", "0", "0 is not above 0"),
-        ("--warmup_ratio", "2", r"2 is outside \[0, 1\]"),
-        ("--model_max_length", "0", "0 is below 1"),
-        ("--num_workers", "-2", "-2 is below 0"),
-    ],
-)
-def test_train_vlm_refuses_out_of_range_options_before_anything_else(option, value, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit:
-        TRAIN_VLM.main([option, value, "--output_dir", str(tmp_path / "run")])
+        load_script(script).main([option, value, "--output_dir", str(tmp_path / "run")])
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert re.search(f"argument {option}: {message}", err)
