@@ -77,14 +77,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
     payload = {"script": "benchmarks/bench_accumulation.py", "environment": environment("cpu"), "results": []}
-    print("| shape | global batch | micro-batches | way | s / step (median) | × one batch | peak MiB |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
-    for shape in args.shapes:
-        config_kwargs, global_batch, micro_batches = SHAPES[shape]
-        global_batch = args.global_batch_size or global_batch
-        micro_batches = args.micro_batches or micro_batches
+    runs = [
+        (shape, SHAPES[shape][0], args.global_batch_size or SHAPES[shape][1], args.micro_batches or SHAPES[shape][2])
+        for shape in args.shapes
+    ]
+    for _, _, global_batch, micro_batches in runs:  # all checked before the first is timed
         if global_batch % micro_batches:
             raise UserError(f"a global batch of {global_batch} does not divide into {micro_batches} micro-batches")
+    print("| shape | global batch | micro-batches | way | s / step (median) | × one batch | peak MiB |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    for shape, config_kwargs, global_batch, micro_batches in runs:
         config = DiffCLIPConfig(**config_kwargs).with_variant("diffclip")
         trainer = DualEncoderForTraining(DiffCLIPModel(config)).train()
         ways = steps(trainer, inputs(config, global_batch), micro_batches)
