@@ -19,10 +19,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from diffclip_lab.benchmarking import cell, environment, mebibytes, peak_memory, spread, time_interleaved, write_json
-from diffclip_lab.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
-from diffclip_lab.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
-from diffclip_lab.recipes import MODEL_CONFIGS
+from diffclip_lab.benchmarking.harness import (
+    cell,
+    environment,
+    mebibytes,
+    peak_memory,
+    spread,
+    time_interleaved,
+    write_json,
+)
+from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.training.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
+from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 

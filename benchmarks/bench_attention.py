@@ -20,8 +20,8 @@ from transformers import CLIPTextConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.clip.modeling_clip import CLIPAttention
 
-from diffclip_lab.benchmarking import new_payload, parse_args, run_shape, trainable, write_json
-from diffclip_lab.official import causal_mask, reference_from
+from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.conversion.official import causal_mask, reference_from
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 

@@ -39,9 +39,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffclip_lab.benchmarking import cell, environment, spread, write_json
-from diffclip_lab.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
-from diffclip_lab.data import (
+from diffclip_lab.benchmarking.harness import cell, environment, spread, write_json
+from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.formatting import markdown_table
+from diffclip_lab.training.data import (
     ExampleEncoder,
     ImageTransform,
     image_text_loader,
@@ -50,7 +52,6 @@ from diffclip_lab.data import (
     webdataset_shards,
     without_image_decoding,
 )
-from diffclip_lab.tables import markdown_table
 from modeling_diffclip import DiffCLIPProcessor
 
 

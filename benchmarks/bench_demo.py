@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from diffclip_lab.benchmarking import environment, write_json
-from diffclip_lab.cli import ArgumentParser, UserError, random_seed, run_main
+from diffclip_lab.benchmarking.harness import environment, write_json
+from diffclip_lab.core.cli import ArgumentParser, random_seed, run_main
+from diffclip_lab.core.errors import UserError
 
 
 PRETRAIN = Path(__file__).resolve().parent.parent / "examples" / "pretrain.py"

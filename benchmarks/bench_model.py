@@ -24,9 +24,9 @@ import sys
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from diffclip_lab.benchmarking import new_payload, parse_args, run_shape, trainable, write_json
-from diffclip_lab.official import reference_from
-from diffclip_lab.recipes import MODEL_CONFIGS
+from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.conversion.official import reference_from
+from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 

@@ -19,7 +19,7 @@ Candidates, for the image encoder (`pixel_values` -> `image_embeds`) and the tex
 Shapes: `vit-b-16` is `DiffCLIPConfig()` (224 px, 197 image tokens; 77 text tokens), `tiny` the demo model of
 examples/pretrain.py (32 px, 17 image tokens; 16 text tokens). ONNX Runtime gets as many intra-op threads as
 PyTorch and does not spin-wait between calls, which would take the cores from the PyTorch candidates interleaved
-with it. Timing as in `diffclip_lab/benchmarking.py` (warm-up, interleaved rounds, medians); speed-ups are
+with it. Timing as in `diffclip_lab/benchmarking/harness.py` (warm-up, interleaved rounds, medians); speed-ups are
 medians of the per-round ratios of PyTorch's time to the candidate's. Memory is not measured: ONNX Runtime
 allocates outside PyTorch. Prints a Markdown table per shape; `--output` writes the results as JSON (keys in
 docs/performance.md).
@@ -38,11 +38,11 @@ import onnxruntime
 import onnxscript
 import torch
 
-from diffclip_lab.benchmarking import cell, environment, paired_ratio, spread, time_interleaved, write_json
-from diffclip_lab.cli import ArgumentParser, non_negative_int, positive_int
-from diffclip_lab.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
-from diffclip_lab.recipes import MODEL_CONFIGS
-from diffclip_lab.tables import markdown_table
+from diffclip_lab.benchmarking.harness import cell, environment, paired_ratio, spread, time_interleaved, write_json
+from diffclip_lab.conversion.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
+from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int
+from diffclip_lab.core.formatting import markdown_table
+from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 

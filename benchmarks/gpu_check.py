@@ -296,7 +296,7 @@ def plan(args) -> int:
 
 
 def write_json(path: Path, payload) -> None:
-    from diffclip_lab.files import atomic_write_text
+    from diffclip_lab.core.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(_finite(payload), indent=2) + "\n")
 
@@ -355,7 +355,7 @@ def layer_target(size: str, batch_size: int) -> Target:
     """One DiffCLIPAttention of ViT-B/16's vision width (768, 12 heads of 64, 197 tokens) or a tiny one."""
     import torch
 
-    from diffclip_lab.benchmarking import randomise
+    from diffclip_lab.benchmarking.harness import randomise
     from modeling_diffclip import DiffCLIPAttention, DiffCLIPVisionConfig
 
     width, heads, tokens = (768, 12, 197) if size == "full" else (64, 4, 17)
@@ -392,8 +392,8 @@ def model_target(batch_size: int) -> Target:
     contrastive loss."""
     import torch
 
-    from diffclip_lab.benchmarking import randomise
-    from diffclip_lab.recipes import MODEL_CONFIGS
+    from diffclip_lab.benchmarking.harness import randomise
+    from diffclip_lab.training.recipes import MODEL_CONFIGS
     from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
     config = DiffCLIPConfig(**MODEL_CONFIGS["tiny"])
@@ -560,7 +560,7 @@ def flash_unavailable(backend: str, device: str) -> str | None:
         return "needs a CUDA GPU"
     if "/" in backend and importlib.util.find_spec("kernels") is None:
         return "needs the kernels package (and the Hub, or its cache)"
-    from diffclip_lab.recipes import MODEL_CONFIGS
+    from diffclip_lab.training.recipes import MODEL_CONFIGS
     from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
     try:
@@ -905,7 +905,7 @@ def report(args) -> int:
     }
     write_json(output / "gpu_check.json", payload)
     markdown = render_markdown(payload)
-    from diffclip_lab.files import atomic_write_text
+    from diffclip_lab.core.files import atomic_write_text
 
     atomic_write_text(output / "gpu_check.md", markdown)
     print(markdown, end="")
@@ -931,7 +931,7 @@ def _percent(value) -> str:
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
-    from diffclip_lab.tables import markdown_table
+    from diffclip_lab.core.formatting import markdown_table
 
     return markdown_table(headers, rows, _fmt)
 

@@ -18,9 +18,9 @@ weights whatever the folder's dtype. A DiffCLIP vision tower gives a `diffclip_l
 import argparse
 import logging
 
-from diffclip_lab.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
-from diffclip_lab.publishing import check_can_push, push_output
-from diffclip_lab.vlm import build_and_save
+from diffclip_lab.core.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.core.publishing import check_can_push, push_output
+from diffclip_lab.vlm.composition import build_and_save
 
 
 logger = logging.getLogger(__name__)

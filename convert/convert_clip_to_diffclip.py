@@ -11,9 +11,9 @@ same network as the CLIP model, packaged as DiffCLIP (a baseline for fair compar
 import argparse
 import logging
 
-from diffclip_lab.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
-from diffclip_lab.conversion import convert_clip
-from diffclip_lab.publishing import check_can_push, push_output
+from diffclip_lab.conversion.checkpoints import convert_clip
+from diffclip_lab.core.cli import ArgumentParser, add_output_arguments, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.core.publishing import check_can_push, push_output
 from modeling_diffclip.configuration_diffclip import VARIANTS
 
 

@@ -15,9 +15,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import ArgumentParser, add_output_arguments, fraction, positive_int, run_main, setup_logging
-from diffclip_lab.conversion import convert_official_checkpoint, resolve_checkpoint
-from diffclip_lab.publishing import check_can_push, push_output
+from diffclip_lab.conversion.checkpoints import convert_official_checkpoint, resolve_checkpoint
+from diffclip_lab.core.cli import (
+    ArgumentParser,
+    add_output_arguments,
+    fraction,
+    positive_int,
+    run_main,
+    setup_logging,
+)
+from diffclip_lab.core.publishing import check_can_push, push_output
 
 
 logger = logging.getLogger(__name__)

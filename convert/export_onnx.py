@@ -24,7 +24,8 @@ otherwise nothing is written. Opset 18 (the default) or newer.
 import argparse
 import logging
 
-from diffclip_lab.cli import (
+from diffclip_lab.conversion.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
+from diffclip_lab.core.cli import (
     ArgumentParser,
     add_output_arguments,
     path_or_repo_id,
@@ -32,8 +33,7 @@ from diffclip_lab.cli import (
     run_main,
     setup_logging,
 )
-from diffclip_lab.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
-from diffclip_lab.publishing import check_can_push, push_output
+from diffclip_lab.core.publishing import check_can_push, push_output
 
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 
 The map is the text-conditioned relevance of Chefer et al. (ICCV 2021), computed from each model's attention maps
 and their gradients: for DiffCLIP the differential maps A1 − λ·A2, for CLIP the softmax maps (see
-diffclip_lab/relevance.py).
+diffclip_lab/evaluation/relevance.py).
 """
 
 import argparse
@@ -15,11 +15,12 @@ import torch
 from matplotlib.backend_bases import FigureCanvasBase
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import ArgumentParser, UserError, device, path_or_repo_id, run_main, setup_logging
-from diffclip_lab.evaluation import load_pretrained
-from diffclip_lab.images import UnreadableImage, read_image
-from diffclip_lab.relevance import Relevance, centre_crop_box, draw, relevance_map
-from diffclip_lab.tables import distinct_names
+from diffclip_lab.core.cli import ArgumentParser, device, path_or_repo_id, run_main, setup_logging
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.formatting import distinct_names
+from diffclip_lab.core.images import UnreadableImage, read_image
+from diffclip_lab.evaluation.relevance import Relevance, centre_crop_box, draw, relevance_map
+from diffclip_lab.evaluation.tasks import load_pretrained
 
 
 logger = logging.getLogger(__name__)

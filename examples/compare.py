@@ -14,8 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import ArgumentParser, run_main, setup_logging
-from diffclip_lab.reports import (
+from diffclip_lab.core.cli import ArgumentParser, run_main, setup_logging
+from diffclip_lab.evaluation.reports import (
     bar_plots,
     comparison_rows,
     load_records,

@@ -5,8 +5,8 @@
 
 Models: anything `AutoModel` and `AutoProcessor` load as a dual encoder (`get_image_features`/`get_text_features`):
 DiffCLIP and its ablations, Transformers CLIP, SigLIP. Datasets: the CLIP Benchmark webdataset layout, any
-`datasets` image dataset, or the MMVP-VLM layout (see diffclip_lab/eval_data.py). Features are computed once per
-model, dataset and split, in batches (on the GPU when there is one), and cached on disk.
+`datasets` image dataset, or the MMVP-VLM layout (see diffclip_lab/evaluation/datasets.py). Features are computed
+once per model, dataset and split, in batches (on the GPU when there is one), and cached on disk.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import (
+from diffclip_lab.core.cli import (
     ArgumentParser,
     device,
     non_negative_int,
@@ -27,9 +27,9 @@ from diffclip_lab.cli import (
     random_seed,
     run_main,
 )
-from diffclip_lab.evaluation import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
-from diffclip_lab.files import atomic_write_text
-from diffclip_lab.tables import distinct_names
+from diffclip_lab.core.files import atomic_write_text
+from diffclip_lab.core.formatting import distinct_names
+from diffclip_lab.evaluation.tasks import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
 
 
 def parse_args(argv=None):

@@ -6,7 +6,7 @@
 Models: anything `AutoModelForImageTextToText` and `AutoProcessor` load with a chat template (LLaVA and its kind,
 DiffCLIP-based ones included). Questions: the official POPE files (JSON lines with question_id, image, text, label);
 the split is read from the file name (..._random, ..._popular, ..._adversarial) or given with one --split per file.
-Prompting and scoring follow LLaVA-1.5 (see diffclip_lab/pope.py): a stock `llava` checkpoint is prompted in
+Prompting and scoring follow LLaVA-1.5 (see diffclip_lab/vlm/pope.py): a stock `llava` checkpoint is prompted in
 LLaVA's vicuna_v1 conversation (system prompt included) as LLaVA's model_vqa_loader.py does, whatever its
 processor's template (--prompt processor to use that instead). Writes one record per split, with every answer;
 prints the scores, the answers LLaVA's rule counts as "yes" without a "yes" in them, and the mean F1 over the three
@@ -19,9 +19,10 @@ import json
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.cli import ArgumentParser, UserError, path_or_repo_id, positive_int, run_main, setup_logging
-from diffclip_lab.files import atomic_write_text
-from diffclip_lab.pope import (
+from diffclip_lab.core.cli import ArgumentParser, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import atomic_write_text
+from diffclip_lab.vlm.pope import (
     PROMPTS,
     answer_questions,
     check_images,
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     add("--max_new_tokens", type=positive_int, default=128, help="the longest answer generated (LLaVA: 128)")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights' dtype")
-    add("--prompt", default="auto", choices=PROMPTS, help="see diffclip_lab.pope.pope_chat_template")
+    add("--prompt", default="auto", choices=PROMPTS, help="see diffclip_lab.vlm.pope.pope_chat_template")
     add("--trust_remote_code", action="store_true")
     return parser.parse_args(argv)
 

@@ -5,7 +5,7 @@
 DIR is a folder written by `convert/export_onnx.py`. Needs onnxruntime (1.19 or newer: the graphs are ONNX IR 10),
 tokenizers (0.20 or newer, for this `tokenizer.json`), Pillow and NumPy only, and this repository's `diffclip_lab`
 for reading the image as every other script does (EXIF orientation, 16-bit scaling, transparency on white: see
-diffclip_lab/images.py). Prints each label's probability, the
+diffclip_lab/core/images.py). Prints each label's probability, the
 softmax over labels of exp(logit_scale) × the cosine similarity of the image and caption embeddings, as the PyTorch
 model's `logits_per_image.softmax(-1)`; the preprocessing and token ids are those of the Transformers processor the
 folder was exported with.
@@ -20,8 +20,9 @@ import onnxruntime
 from PIL import Image
 from tokenizers import Tokenizer
 
-from diffclip_lab.cli import ArgumentParser, UserError, run_main
-from diffclip_lab.images import UnreadableImage, read_image
+from diffclip_lab.core.cli import ArgumentParser, run_main
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.images import UnreadableImage, read_image
 
 
 def load_config(folder: str | Path) -> dict:

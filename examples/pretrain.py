@@ -7,7 +7,7 @@
 The contrastive loss is computed over the global batch: every process gathers the features of all the others, with
 gradients, so N processes with per-device batch B train exactly as one process with batch N·B; with
 --gradient_accumulation_steps K, each of the K micro-batches of a step too (exact accumulation, one more forward pass
-per micro-batch: see `diffclip_lab.contrastive.accumulated_step`).
+per micro-batch: see `diffclip_lab.training.contrastive.accumulated_step`).
 """
 
 import argparse
@@ -21,10 +21,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from diffclip_lab import shapes
-from diffclip_lab.cli import (
+from diffclip_lab.core.cli import (
     ArgumentParser,
-    UserError,
     area_fraction,
     beta,
     non_negative_float,
@@ -34,25 +32,27 @@ from diffclip_lab.cli import (
     run_main,
     setup_logging,
 )
-from diffclip_lab.contrastive import (
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.publishing import check_can_push, describe_variant, model_card
+from diffclip_lab.demo import shapes
+from diffclip_lab.evaluation.datasets import EvalSplit, load_split, split_from_dataset
+from diffclip_lab.evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, zero_shot
+from diffclip_lab.training.contrastive import (
     DualEncoderForTraining,
     accumulated_step,
     cap_logit_scale,
     contrastive_loss,
     parameter_groups,
 )
-from diffclip_lab.data import (
+from diffclip_lab.training.data import (
     ImageTransform,
     image_text_loader,
     load_image_text_dataset,
     resolve_columns,
     without_image_decoding,
 )
-from diffclip_lab.eval_data import EvalSplit, load_split, split_from_dataset
-from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, zero_shot
-from diffclip_lab.publishing import check_can_push, describe_variant, model_card
-from diffclip_lab.recipes import MODEL_CONFIGS, PRETRAINING_RECIPES, apply_recipe
-from diffclip_lab.runs import (
+from diffclip_lab.training.recipes import MODEL_CONFIGS, PRETRAINING_RECIPES, apply_recipe
+from diffclip_lab.training.runs import (
     BatchPlan,
     Run,
     Training,
@@ -85,7 +85,8 @@ def parse_args(argv=None):
     add("--model_config", help="tiny, vit-b-16, or a path to a DiffCLIP config.json (recipe default)")
     add("--init_from", help="start from the weights of a saved DiffCLIP folder (e.g. from convert_clip_to_diffclip)")
     add(
-        "--dataset", help="Hub dataset id or local path (see diffclip_lab/data.py); default: the captioned-shapes demo"
+        "--dataset",
+        help="Hub dataset id or local path (see diffclip_lab/training/data.py); default: the captioned-shapes demo",
     )
     add("--dataset_split", default="train")
     add("--image_column", help="default: the first of image, jpg, jpeg, png, webp, img")

@@ -10,8 +10,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from diffclip_lab.cli import ArgumentParser, UserError, run_main, setup_logging
-from diffclip_lab.publishing import check_can_push, push_folder_to_hub
+from diffclip_lab.core.cli import ArgumentParser, run_main, setup_logging
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.publishing import check_can_push, push_folder_to_hub
 
 
 logger = logging.getLogger(__name__)

@@ -31,13 +31,15 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab import study
-from diffclip_lab.benchmarking import environment
-from diffclip_lab.cli import ArgumentParser, UserError, device, positive_int, random_seed, run_main, setup_logging
-from diffclip_lab.evaluation import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
-from diffclip_lab.files import atomic_write_text
-from diffclip_lab.images import UnreadableImage, read_image
-from diffclip_lab.relevance import centre_crop_box, draw, relevance_map
+from diffclip_lab.benchmarking.harness import environment
+from diffclip_lab.core.cli import ArgumentParser, device, positive_int, random_seed, run_main, setup_logging
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import atomic_write_text
+from diffclip_lab.core.formatting import PAPER_NAMES
+from diffclip_lab.core.images import UnreadableImage, read_image
+from diffclip_lab.evaluation import study
+from diffclip_lab.evaluation.relevance import centre_crop_box, draw, relevance_map
+from diffclip_lab.evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
 
 
 logger = logging.getLogger(__name__)
@@ -234,7 +236,7 @@ def attention_maps(args, runs: list[study.StudyRun], images: list[Path], output:
         rows = []
         for run in models:
             model, processor = loaded[run.name]
-            label = f"{study.VARIANT_NAMES[run.variant]} (seed {run.seed})"
+            label = f"{PAPER_NAMES[run.variant]} (seed {run.seed})"
             rows.append((label, [relevance_map(model, processor, image, query) for query in queries]))
         draw(rows, image, centre_crop_box(loaded[models[0].name][1], image), figure)
     return figures
@@ -281,7 +283,7 @@ def report(args, runs, output: Path, attention: list[Path], started: float) -> P
     found = study.findings(headline + [r for r in mmvp], variants, baseline)
     seeds = ", ".join(map(str, args.seeds))
     lines = [
-        "# DiffCLIP study: " + ", ".join(study.VARIANT_NAMES[v] for v in variants) + f", seeds {seeds}",
+        "# DiffCLIP study: " + ", ".join(PAPER_NAMES[v] for v in variants) + f", seeds {seeds}",
         "",
         f"- date: {datetime.now().astimezone().date().isoformat()}",
         f"- machine: {env['cpu']} ({env['cpu_threads']} threads), {env['device']}; torch {env['torch']}, "
@@ -294,7 +296,7 @@ def report(args, runs, output: Path, attention: list[Path], started: float) -> P
         f"{(time.perf_counter() - started) / 60:.1f} min in all",
         "",
         "Every number is the mean ± sample standard deviation over the seeds, in %. Δ is a variant's mean minus "
-        f"{study.VARIANT_NAMES[baseline]}'s; **≈** marks a difference no larger than the seed spread "
+        f"{PAPER_NAMES[baseline]}'s; **≈** marks a difference no larger than the seed spread "
         "(|Δ| ≤ sd + sd of the baseline: the two mean ± sd intervals overlap), which this study does not count as "
         "a difference. With one seed there is no spread and every Δ is marked. With a few seeds this is a screen, "
         "not a significance test: a difference beyond the spread is worth a larger study, not a conclusion.",

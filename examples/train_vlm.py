@@ -39,14 +39,16 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
-from diffclip_lab import pope, scenes
-from diffclip_lab.cli import ArgumentParser, UserError, path_or_repo_id, positive_int, run_main, setup_logging
-from diffclip_lab.contrastive import parameter_groups
-from diffclip_lab.evaluation import load_pretrained
-from diffclip_lab.files import atomic_directory, atomic_write_text
-from diffclip_lab.publishing import check_can_push
-from diffclip_lab.recipes import VLM_RECIPES, apply_recipe
-from diffclip_lab.runs import (
+from diffclip_lab.core.cli import ArgumentParser, path_or_repo_id, positive_int, run_main, setup_logging
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import atomic_directory, atomic_write_text
+from diffclip_lab.core.publishing import check_can_push
+from diffclip_lab.demo import scenes
+from diffclip_lab.demo.language_model import pretrain_language_model, tiny_language_model
+from diffclip_lab.evaluation.tasks import load_pretrained
+from diffclip_lab.training.contrastive import parameter_groups
+from diffclip_lab.training.recipes import VLM_RECIPES, apply_recipe
+from diffclip_lab.training.runs import (
     BatchPlan,
     Run,
     Training,
@@ -58,15 +60,14 @@ from diffclip_lab.runs import (
     plain_options,
     prepare_training,
 )
-from diffclip_lab.vlm import (
+from diffclip_lab.vlm import pope
+from diffclip_lab.vlm.composition import (
     VLMForTraining,
     build_llava,
-    pretrain_language_model,
     save_vlm,
-    tiny_language_model,
     training_dtypes,
 )
-from diffclip_lab.vlm_data import (
+from diffclip_lab.vlm.conversations import (
     Conversation,
     ConversationDataset,
     ConversationEncoder,

@@ -72,7 +72,6 @@ VARIANTS = {
     "diffclip-vision": (False, True, "constant"),
     "diffclip-dynamic": (True, True, "dynamic"),
 }
-PAPER_NAMES = {"clip": "CLIP", "diffclip": "DiffCLIP", "diffclip-vision": "DiffCLIP†", "diffclip-dynamic": "DiffCLIP*"}
 
 
 class _DifferentialAttentionConfigMixin:
@@ -288,4 +287,4 @@ def _tower_fields(tower_config) -> dict:
     return fields
 
 
-__all__ = ["PAPER_NAMES", "VARIANTS", "DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]
+__all__ = ["VARIANTS", "DiffCLIPConfig", "DiffCLIPTextConfig", "DiffCLIPVisionConfig"]

@@ -43,7 +43,7 @@ def load_script(relative_path: str):
 
 def run_script(script, argv: list) -> int:
     """`script.main(argv)` as its command line runs it: the exit status, and a user error's one line on stderr."""
-    from diffclip_lab.cli import run_main
+    from diffclip_lab.core.cli import run_main
 
     try:
         run_main(lambda: script.main([str(arg) for arg in argv]))
@@ -207,7 +207,7 @@ STREAMED = ["--streaming", "--per_device_batch_size", 4, "--max_steps", 6, "--nu
 
 def write_webdataset(root, shards=2):
     """img2dataset's layout: {key}.jpg and {key}.txt in tar shards; three samples are broken on purpose."""
-    from diffclip_lab.shapes import render  # imports huggingface_hub, which must see the offline settings above
+    from diffclip_lab.demo.shapes import render  # imports huggingface_hub, which must see the offline settings above
 
     root.mkdir(parents=True, exist_ok=True)
     per_shard = NUM_SAMPLES // shards

@@ -12,7 +12,7 @@ from PIL import Image
 CLASSNAMES = ["red", "green", "blue"]
 RGB = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 70, 230)}
 TEMPLATES = ["a {c} image.", "a photo of something {c}."]
-# what every record of diffclip_lab.evaluation.evaluate holds
+# what every record of diffclip_lab.evaluation.tasks.evaluate holds
 RECORD_KEYS = {"model", "model_type", "dataset", "split", "task", "protocol", "main_metric", "metrics", "counts"}
 RECORD_KEYS |= {"versions", "date"}
 

@@ -1,6 +1,6 @@
-"""Exact gradient accumulation of the contrastive loss (`diffclip_lab.contrastive.accumulated_step`): a global batch
-taken as micro-batches has the loss and the gradients of one batch of the global size, also across processes, with
-dropout, at about the memory of one micro-batch."""
+"""Exact gradient accumulation of the contrastive loss (`diffclip_lab.training.contrastive.accumulated_step`): a
+global batch taken as micro-batches has the loss and the gradients of one batch of the global size, also across
+processes, with dropout, at about the memory of one micro-batch."""
 
 import pytest
 import torch
@@ -8,8 +8,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from conftest import accelerate_launch, tiny_config_kwargs
 
-from diffclip_lab.benchmarking import peak_memory
-from diffclip_lab.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
+from diffclip_lab.benchmarking.harness import peak_memory
+from diffclip_lab.training.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 
@@ -124,8 +124,8 @@ def test_with_dropout_both_passes_of_a_micro_batch_draw_the_same_masks():
 TWO_PROCESSES = """
 import sys, torch
 from accelerate import Accelerator
-from diffclip_lab.benchmarking import peak_memory
-from diffclip_lab.contrastive import DualEncoderForTraining, accumulated_step
+from diffclip_lab.benchmarking.harness import peak_memory
+from diffclip_lab.training.contrastive import DualEncoderForTraining, accumulated_step
 from modeling_diffclip import DiffCLIPModel
 
 folder, output = sys.argv[1:3]

@@ -5,16 +5,17 @@ import math
 import pytest
 import torch
 
-from diffclip_lab.official import attention, official_attention_tensors
+from diffclip_lab.conversion.official import attention, official_attention_tensors
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
 
 def reference_differential_attention(attn: DiffCLIPAttention, x: torch.Tensor, mask: torch.Tensor | None):
     """
-    The official attention (`diffclip_lab.official`, written from the paper's code) on the module's tensors, in
-    float64: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d, out_i = (1 − λ_init) ·
-    RMSNorm((A1 − λ A2) V_i) with a learned weight. Returns the output, the maps A1 − λ A2 and λ.
+    The official attention (`diffclip_lab.conversion.official`, written from the paper's code) on the module's
+    tensors, in float64: heads 2i and 2i+1 of Q and K give A1 and A2, value slice i has width 2·d,
+    out_i = (1 − λ_init) · RMSNorm((A1 − λ A2) V_i) with a learned weight. Returns the output, the maps
+    A1 − λ A2 and λ.
     """
     p = {name: t.detach().double() for name, t in official_attention_tensors(attn.state_dict()).items()}
     lam = (

@@ -7,8 +7,8 @@ import torch
 from conftest import load_script
 from PIL import Image
 
-from diffclip_lab.relevance import centre_crop_box, relevance_map
-from diffclip_lab.shapes import render
+from diffclip_lab.demo.shapes import render
+from diffclip_lab.evaluation.relevance import centre_crop_box, relevance_map
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor
 
 

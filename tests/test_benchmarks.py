@@ -8,9 +8,9 @@ from conftest import REPO_ROOT, load_script, tiny_config_kwargs
 from test_attention import causal_padding_mask, make_attention
 from transformers.masking_utils import create_causal_mask
 
-from diffclip_lab.benchmarking import peak_memory, randomise
-from diffclip_lab.cli import UserError
-from diffclip_lab.official import reference_from, to_official_state_dict
+from diffclip_lab.benchmarking.harness import peak_memory, randomise
+from diffclip_lab.conversion.official import reference_from, to_official_state_dict
+from diffclip_lab.core.errors import UserError
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
 
 

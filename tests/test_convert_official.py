@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, pipeline
 
-from diffclip_lab.conversion import infer_config
-from diffclip_lab.official import (
+from diffclip_lab.conversion.checkpoints import infer_config
+from diffclip_lab.conversion.official import (
     image_embeddings,
     official_key_map,
     text_embeddings,

@@ -23,9 +23,9 @@ from eval_fixtures import (
 )
 from PIL import Image
 
-from diffclip_lab.cli import UserError
-from diffclip_lab.eval_data import load_split
-from diffclip_lab.tables import distinct_names
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.formatting import distinct_names
+from diffclip_lab.evaluation.datasets import load_split
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
 
 

@@ -1,5 +1,5 @@
 """Figures say what was measured: a missing result is "n/a", never a bar of 0, and one seed draws no error bars
-(diffclip_lab/reports.py `bars`, used by compare.py's and the study's figures)."""
+(diffclip_lab/evaluation/reports.py `bars`, used by compare.py's and the study's figures)."""
 
 import math
 
@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from diffclip_lab import reports, study
+from diffclip_lab.evaluation import reports, study
 
 
 def test_bars_draw_values_mark_missing_ones_and_only_real_error_bars():

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, load_script
 
-from diffclip_lab.recipes import PRETRAINING_RECIPES
-from diffclip_lab.runs import BatchPlan
+from diffclip_lab.training.recipes import PRETRAINING_RECIPES
+from diffclip_lab.training.runs import BatchPlan
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
 

@@ -1,4 +1,4 @@
-"""diffclip_lab/data.py: every documented dataset layout, decoding failures, and the image transform."""
+"""diffclip_lab/training/data.py: every documented dataset layout, decoding failures, and the image transform."""
 
 import io
 import json
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from diffclip_lab.cli import UserError
-from diffclip_lab.data import (
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.training.data import (
     Collator,
     ExampleEncoder,
     ImageTransform,

@@ -1,4 +1,4 @@
-"""Images read as displayed (diffclip_lab/images.py): each kind of file made with Pillow here, its pixels checked
+"""Images read as displayed (diffclip_lab/core/images.py): each kind of file made with Pillow here, its pixels checked
 against expectations computed independently with NumPy, and every reader of the project (training loader,
 evaluation reader, onnx_zero_shot.py, attention maps) against each other and against Transformers' `load_image` and
 zero-shot pipeline."""
@@ -15,10 +15,15 @@ from PIL import Image
 from transformers import pipeline
 from transformers.image_utils import load_image
 
-from diffclip_lab.cli import UserError
-from diffclip_lab.data import ImageTransform, image_text_loader, load_image_text_dataset, without_image_decoding
-from diffclip_lab.eval_data import load_split
-from diffclip_lab.images import UnreadableImage, decode_image, open_image, read_image
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.images import UnreadableImage, decode_image, open_image, read_image
+from diffclip_lab.evaluation.datasets import load_split
+from diffclip_lab.training.data import (
+    ImageTransform,
+    image_text_loader,
+    load_image_text_dataset,
+    without_image_decoding,
+)
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
 
 
@@ -218,7 +223,7 @@ def test_every_reader_gives_the_same_pixels(image_folder):
 
 
 # Transformers' load_image (which its pipelines call) clips 16-bit and float images at 255 instead of scaling them,
-# and drops alpha where the image processors composite it on white (the rule of diffclip_lab/images.py)
+# and drops alpha where the image processors composite it on white (the rule of diffclip_lab/core/images.py)
 TRANSFORMERS_CLIPS = {"png-16-bit", "tiff-float"}
 TRANSFORMERS_DROPS_ALPHA = {"rgba-png", "la-png", "palette-png-transparent"}
 

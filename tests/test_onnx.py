@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor, BertConfig, BertModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from diffclip_lab.onnx_export import FP16_RELATIVE_TOLERANCE, export_onnx, inference_config
+from diffclip_lab.conversion.onnx_export import FP16_RELATIVE_TOLERANCE, export_onnx, inference_config
 from modeling_diffclip import (
     DiffCLIPConfig,
     DiffCLIPModel,

@@ -11,8 +11,9 @@ from conftest import load_script, run_script
 from eval_fixtures import RECORD_KEYS
 from PIL import Image
 
-from diffclip_lab.cli import UserError
-from diffclip_lab.pope import (
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.evaluation.reports import pope_table
+from diffclip_lab.vlm.pope import (
     build_pope_splits,
     check_images,
     is_unknown_answer,
@@ -22,7 +23,6 @@ from diffclip_lab.pope import (
     read_questions,
     write_pope_splits,
 )
-from diffclip_lab.reports import pope_table
 
 
 evaluate_pope = load_script("examples/evaluate_pope.py")

@@ -23,8 +23,8 @@ from conftest import (
 from eval_fixtures import write_clip_benchmark_classification
 from safetensors.torch import load_file
 
-from diffclip_lab.cli import UserError
-from diffclip_lab.shapes import render
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.demo.shapes import render
 
 
 pytestmark = pytest.mark.slow  # every test runs `accelerate launch` or uses a run it made

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffclip_lab.protocols import (
+from diffclip_lab.evaluation.protocols import (
     classification_metrics,
     few_shot,
     few_shot_episodes,

@@ -1,4 +1,4 @@
-"""Run options checked before anything is written or loaded: the argparse types of diffclip_lab/cli.py, the
+"""Run options checked before anything is written or loaded: the argparse types of diffclip_lab/core/cli.py, the
 schedule checks of `BatchPlan`, `Run.check` writing nothing, and each script's own options."""
 
 import argparse
@@ -12,8 +12,7 @@ import torch
 from accelerate import Accelerator
 from conftest import REPO_ROOT, load_script
 
-from diffclip_lab.cli import (
-    UserError,
+from diffclip_lab.core.cli import (
     area_fraction,
     beta,
     device,
@@ -22,7 +21,8 @@ from diffclip_lab.cli import (
     positive_float,
     random_seed,
 )
-from diffclip_lab.runs import RUN_CONFIG, BatchPlan, Run
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.training.runs import RUN_CONFIG, BatchPlan, Run
 
 
 def test_number_types_take_their_range_and_refuse_the_rest():

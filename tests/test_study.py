@@ -1,5 +1,5 @@
-"""examples/study.py and diffclip_lab/study.py: the held-out data, the aggregation against hand-computed values, the
-commands, and a real tiny study (2 variants × 2 seeds of a few steps) that continues where it stopped."""
+"""examples/study.py and diffclip_lab/evaluation/study.py: the held-out data, the aggregation against hand-computed
+values, the commands, and a real tiny study (2 variants × 2 seeds of a few steps) that continues where it stopped."""
 
 import json
 import math
@@ -10,10 +10,10 @@ import pytest
 from conftest import load_script, run_script
 from PIL import Image
 
-from diffclip_lab import study
-from diffclip_lab.eval_data import load_mmvp, load_split
-from diffclip_lab.evaluation import EvalOptions
-from diffclip_lab.shapes import CLASSNAMES, PAIR_PROPERTIES, render
+from diffclip_lab.demo.shapes import CLASSNAMES, PAIR_PROPERTIES, render
+from diffclip_lab.evaluation import study
+from diffclip_lab.evaluation.datasets import load_mmvp, load_split
+from diffclip_lab.evaluation.tasks import EvalOptions
 
 
 STUDY = load_script("examples/study.py")

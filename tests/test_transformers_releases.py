@@ -125,7 +125,7 @@ def load(python, saved: Path, out: Path) -> subprocess.CompletedProcess:
 def saved(saved_tiny_models, tmp_path_factory):
     """The tiny DiffCLIP and CLIP (each with its processor) and a DiffCLIP-LLaVA, saved here, and what they compute
     here (loaded the same way, in a fresh interpreter)."""
-    from diffclip_lab.vlm import tiny_language_model
+    from diffclip_lab.demo.language_model import tiny_language_model
     from modeling_diffclip import DiffCLIPModel
 
     root = tmp_path_factory.mktemp("releases")

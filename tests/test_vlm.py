@@ -33,12 +33,13 @@ from transformers import (
     pipeline,
 )
 
-from diffclip_lab import scenes
-from diffclip_lab.cli import UserError
-from diffclip_lab.recipes import VLM_RECIPES
-from diffclip_lab.runs import BatchPlan, TrainingState, check_finite
-from diffclip_lab.vlm import tiny_language_model, training_dtypes
-from diffclip_lab.vlm_data import (
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.demo import scenes
+from diffclip_lab.demo.language_model import tiny_language_model
+from diffclip_lab.training.recipes import VLM_RECIPES
+from diffclip_lab.training.runs import BatchPlan, TrainingState, check_finite
+from diffclip_lab.vlm.composition import training_dtypes
+from diffclip_lab.vlm.conversations import (
     IGNORE,
     Conversation,
     ConversationEncoder,

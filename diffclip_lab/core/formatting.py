@@ -1,9 +1,13 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Markdown tables, the form every script prints its results in, and the names of the models in them."""
+"""Markdown tables, the form every script prints its results in, the names of the models in them, and English."""
 
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+
+# The paper's names of the variants (`DiffCLIPConfig.variant`)
+PAPER_NAMES = {"clip": "CLIP", "diffclip": "DiffCLIP", "diffclip-vision": "DiffCLIP†", "diffclip-dynamic": "DiffCLIP*"}
 
 
 def format_number(value) -> str:
@@ -28,3 +32,8 @@ def distinct_names(names: list[str]) -> dict[str, str]:
         if len(set(short.values())) == len(set(names)):
             return short
     return {name: name for name in names}
+
+
+def article(name: str) -> str:
+    """'a red circle', 'an orange star'."""
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"

@@ -15,8 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .cli import UserError  # noqa: E402
-from .tables import distinct_names, markdown_table  # noqa: E402
+from ..core.errors import UserError  # noqa: E402
+from ..core.formatting import distinct_names, markdown_table  # noqa: E402
 
 
 def load_records(paths: list[str]) -> list[dict]:

@@ -34,8 +34,8 @@ from transformers import AutoModel, AutoProcessor, CLIPModel
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 
-from .cli import UserError
-from .files import atomic_directory, check_output_directory
+from ..core.errors import UserError
+from ..core.files import atomic_directory, check_output_directory
 
 
 # torch.onnx's dynamo exporter implements opset 18 and newer. Asked for an older one it exports opset 18 and runs

@@ -9,7 +9,7 @@ Supported sources (`load_image_text_dataset`):
 - any local folder or files `datasets.load_dataset` understands: parquet, arrow, csv/json with image paths, or an
   `imagefolder` with a `metadata.jsonl`/`metadata.csv` caption column.
 
-Images are decoded here, not by `datasets`, as they are displayed (`diffclip_lab/images.py`: EXIF orientation,
+Images are decoded here, not by `datasets`, as they are displayed (`diffclip_lab/core/images.py`: EXIF orientation,
 16-bit and float scaling, transparency on white), so that a sample whose image does not decode (truncated, corrupt),
 or whose caption is empty, is skipped, counted and named instead of stopping the run. Batches carry uint8 pixels,
 which the training loop normalises on the device (`model_inputs`); `image_text_loader` builds the training loader.
@@ -28,10 +28,10 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from .cli import UserError
+from ..core.errors import UserError
 
 # decode_image is imported from here by the lab's other readers
-from .images import UnreadableImage, decode_image, displayed_size, load_rgb, open_image  # noqa: F401
+from ..core.images import UnreadableImage, decode_image, displayed_size, load_rgb, open_image  # noqa: F401
 
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")

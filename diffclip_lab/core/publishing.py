@@ -10,10 +10,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from modeling_diffclip import DiffCLIPConfig
-from modeling_diffclip.configuration_diffclip import PAPER_NAMES
 
-from .cli import UserError
+from .errors import UserError
 from .files import atomic_directory
+from .formatting import PAPER_NAMES
 
 
 logger = logging.getLogger(__name__)

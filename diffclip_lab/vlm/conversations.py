@@ -22,9 +22,9 @@ from pathlib import Path
 import datasets
 import torch
 
-from .cli import UserError
-from .data import decode_image, load_image_text_dataset
-from .vlm import IMAGE_TOKEN as IMAGE
+from ..core.errors import UserError
+from ..training.data import decode_image, load_image_text_dataset
+from .composition import IMAGE_TOKEN as IMAGE
 
 
 ROLES = {"human": "user", "gpt": "assistant"}

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from .files import atomic_write_text
-from .pope import QUESTION, SHORT_ANSWER_PROMPT, question_text  # the demo teaches POPE's questions
-from .shapes import CLASSNAMES, COLORS, SHAPES, article, cluttered_background, draw_in_quadrants
+from ..core.files import atomic_write_text
+from ..core.formatting import article
+from ..vlm.pope import QUESTION, SHORT_ANSWER_PROMPT, question_text  # the demo teaches POPE's questions
+from .shapes import CLASSNAMES, COLORS, SHAPES, cluttered_background, draw_in_quadrants
 
 
 IMAGE_SIZE = 32

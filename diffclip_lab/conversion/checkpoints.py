@@ -32,10 +32,10 @@ from transformers import AutoConfig, AutoProcessor, CLIPModel
 
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 
-from .cli import UserError
-from .files import check_output_directory
+from ..core.errors import UserError
+from ..core.files import check_output_directory
+from ..core.publishing import model_card, save_model_folder
 from .official import image_embeddings, text_embeddings, to_diffclip_state_dict
-from .publishing import model_card, save_model_folder
 
 
 VERIFY_TOLERANCE = 1e-4

@@ -21,7 +21,7 @@ from torch import nn
 
 from modeling_diffclip import DiffCLIPConfig
 
-from .cli import UserError
+from ..core.errors import UserError
 
 
 # --------------------------------------------------------------------------------------------------- layout

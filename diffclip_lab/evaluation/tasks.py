@@ -22,9 +22,10 @@ from transformers.utils import cached_file
 
 import modeling_diffclip
 
-from .cli import UserError
-from .eval_data import EvalSplit, load_mmvp, load_split
-from .files import atomic_file
+from ..core.errors import UserError
+from ..core.files import atomic_file
+from ..core.formatting import markdown_table
+from .datasets import EvalSplit, load_mmvp, load_split
 from .protocols import (
     classification_metrics,
     few_shot,
@@ -36,7 +37,6 @@ from .protocols import (
     zero_shot_prompts,
     zero_shot_weights,
 )
-from .tables import markdown_table
 
 
 TASKS = ("zeroshot", "retrieval", "linear_probe", "few_shot", "mmvp")

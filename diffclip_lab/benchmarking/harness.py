@@ -31,9 +31,9 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .cli import ArgumentParser, non_negative_int, positive_int
-from .files import atomic_write_text
-from .tables import markdown_table
+from ..core.cli import ArgumentParser, non_negative_int, positive_int
+from ..core.files import atomic_write_text
+from ..core.formatting import markdown_table
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

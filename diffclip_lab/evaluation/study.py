@@ -30,13 +30,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from modeling_diffclip.configuration_diffclip import PAPER_NAMES as VARIANT_NAMES  # noqa: E402
 from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS  # noqa: E402
 
-from .cli import UserError  # noqa: E402
-from .files import atomic_directory, atomic_write_text  # noqa: E402
-from .reports import STYLES, bars  # noqa: E402
-from .shapes import (  # noqa: E402
+from ..core.errors import UserError  # noqa: E402
+from ..core.files import atomic_directory, atomic_write_text  # noqa: E402
+from ..core.formatting import PAPER_NAMES, markdown_table  # noqa: E402
+from ..demo.shapes import (
     CLASSNAMES,
     COLORS,
     PAIR_PROPERTIES,
@@ -47,7 +46,7 @@ from .shapes import (  # noqa: E402
     render_objects,
     render_pair,
 )
-from .tables import markdown_table  # noqa: E402
+from .reports import STYLES, bars  # noqa: E402
 
 
 VARIANTS = tuple(VARIANT_CONFIGS)  # clip, diffclip, diffclip-vision, diffclip-dynamic
@@ -319,7 +318,7 @@ def variant_table(rows: list[Row], variants: list[str], baseline: str, column) -
     baseline."""
     headers = ["", *(column(row) for row in rows)]
     table = [
-        [VARIANT_NAMES.get(v, v), *(_percent(r.values[v]) if v in r.values else "" for r in rows)] for v in variants
+        [PAPER_NAMES.get(v, v), *(_percent(r.values[v]) if v in r.values else "" for r in rows)] for v in variants
     ]
     for variant in variants:
         if variant == baseline:
@@ -328,7 +327,7 @@ def variant_table(rows: list[Row], variants: list[str], baseline: str, column) -
             _delta(r.values[variant], r.values[baseline]) if variant in r.values and baseline in r.values else ""
             for r in rows
         ]
-        table.append([f"Δ {VARIANT_NAMES.get(variant, variant)}", *cells])
+        table.append([f"Δ {PAPER_NAMES.get(variant, variant)}", *cells])
     return markdown_table(headers, table, cell=str)
 
 
@@ -342,8 +341,8 @@ def findings(rows: list[Row], variants: list[str], baseline: str) -> list[str]:
             delta, beyond = difference(row.values[variant], row.values[baseline])
             if beyond:
                 found.append(
-                    f"{VARIANT_NAMES.get(variant, variant)} {'above' if delta > 0 else 'below'} "
-                    f"{VARIANT_NAMES.get(baseline, baseline)} on {describe(row)}: {100 * delta:+.1f} points "
+                    f"{PAPER_NAMES.get(variant, variant)} {'above' if delta > 0 else 'below'} "
+                    f"{PAPER_NAMES.get(baseline, baseline)} on {describe(row)}: {100 * delta:+.1f} points "
                     f"({_percent(row.values[variant])} vs {_percent(row.values[baseline])})"
                 )
     return found
@@ -392,7 +391,7 @@ def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) ->
         positions = [x + (index - (len(variants) - 1) / 2) * width for x in range(len(rows))]
         means = [None if mean is None else 100 * mean for mean, _ in stats]
         spread = [None if std is None else 100 * std for _, std in stats]
-        bars(axes, positions, means, width, spread, capsize=2, label=VARIANT_NAMES.get(variant, variant))
+        bars(axes, positions, means, width, spread, capsize=2, label=PAPER_NAMES.get(variant, variant))
     axes.set_xticks(
         range(len(rows)), [describe(r).replace(" (", "\n(") for r in rows], rotation=35, ha="right", fontsize=7
     )
@@ -419,7 +418,7 @@ def figure_radar(rows: list[Row], variants: list[str], path: Path, title: str) -
         means = [100 * mean for mean, _ in stats]
         missing = [r.metric for r in rows if variant not in r.values]
         marker, line = STYLES[index % len(STYLES)]
-        label = VARIANT_NAMES.get(variant, variant) + (f" (n/a: {', '.join(missing)})" if missing else "")
+        label = PAPER_NAMES.get(variant, variant) + (f" (n/a: {', '.join(missing)})" if missing else "")
         (drawn,) = axes.plot(angles + angles[:1], means + means[:1], marker=marker, linestyle=line, label=label)
         if all(std is not None for _, std in stats):  # one seed, or a gap: no spread to shade
             lower = [max(0.0, m - 100 * d) for m, (_, d) in zip(means, stats, strict=True)]

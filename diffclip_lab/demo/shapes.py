@@ -11,6 +11,8 @@ import random
 import datasets
 from PIL import Image, ImageDraw
 
+from ..core.formatting import article
+
 
 COLORS = {
     "red": (220, 30, 30),
@@ -146,11 +148,6 @@ def load_shapes(split: str, num_examples: int, image_size: int = 48, cache_dir: 
 # MMVP-style pairs: two images that differ in one property only, and a statement for each.
 PAIR_PROPERTIES = ("colour", "position", "size", "count", "orientation")
 QUADRANT_NAMES = {(0, 0): "top left", (1, 0): "top right", (0, 1): "bottom left", (1, 1): "bottom right"}
-
-
-def article(name: str) -> str:
-    """'a red circle', 'an orange star'."""
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _plural(shape: str) -> str:

@@ -21,7 +21,7 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .cli import UserError  # noqa: E402
+from ..core.errors import UserError  # noqa: E402
 
 
 @dataclass

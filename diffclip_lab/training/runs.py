@@ -25,9 +25,10 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.distributed.tensor import DTensor
 from transformers import get_cosine_schedule_with_warmup
 
-from .cli import UserError, fraction, non_negative_float, non_negative_int, positive_float, positive_int, random_seed
-from .files import atomic_directory, atomic_write_text
-from .publishing import push_folder_to_hub
+from ..core.cli import fraction, non_negative_float, non_negative_int, positive_float, positive_int, random_seed
+from ..core.errors import UserError
+from ..core.files import atomic_directory, atomic_write_text
+from ..core.publishing import push_folder_to_hub
 
 
 logger = get_logger(__name__)

@@ -21,8 +21,9 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from .cli import UserError
-from .data import (
+from ..core.errors import UserError
+from ..core.images import UnreadableImage, read_image
+from ..training.data import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
     decode_image,
@@ -30,7 +31,6 @@ from .data import (
     load_image_text_dataset,
     without_image_decoding,
 )
-from .images import UnreadableImage, read_image
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them
@@ -47,7 +47,7 @@ class LazyImages(Sequence):
         return self.length
 
     def __getitem__(self, index: int) -> Image.Image:
-        """The image as displayed (`diffclip_lab/images.py`); one that does not decode stops the evaluation."""
+        """The image as displayed (`diffclip_lab/core/images.py`); one that does not decode stops the evaluation."""
         try:
             return read_image(self.load(index))
         except UnreadableImage as error:

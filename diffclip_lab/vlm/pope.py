@@ -28,13 +28,12 @@ import transformers
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cli import UserError
-from .evaluation import load_pretrained, provenance
-from .files import atomic_write_text
-from .images import UnreadableImage, read_image
-from .shapes import article
-from .tables import markdown_table
-from .vlm import CHAT_TEMPLATES
+from ..core.errors import UserError
+from ..core.files import atomic_write_text
+from ..core.formatting import article, markdown_table
+from ..core.images import UnreadableImage, read_image
+from ..evaluation.tasks import load_pretrained, provenance
+from .composition import CHAT_TEMPLATES
 
 
 SPLITS = ("random", "popular", "adversarial")
@@ -232,7 +231,7 @@ def pope_chat_template(model, processor, prompt: str = "auto") -> tuple[str, str
 
 
 def _load_image(path: Path) -> Image.Image:
-    """The image as displayed (`diffclip_lab/images.py`)."""
+    """The image as displayed (`diffclip_lab/core/images.py`)."""
     try:
         return read_image(path)
     except UnreadableImage as error:  # missing, not an image, truncated or corrupt

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 
 def check_output_directory(path: str | os.PathLike, overwrite: bool = False) -> None:
