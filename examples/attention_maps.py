@@ -19,8 +19,8 @@ from diffclip_lab.core.cli import ArgumentParser, device, path_or_repo_id, run_m
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.formatting import distinct_names
 from diffclip_lab.core.images import UnreadableImage, read_image
+from diffclip_lab.core.loading import load_pretrained
 from diffclip_lab.evaluation.relevance import Relevance, centre_crop_box, draw, relevance_map
-from diffclip_lab.evaluation.tasks import load_pretrained
 
 
 logger = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classe
 from diffclip_lab.core.cli import ArgumentParser, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import atomic_write_text
+from diffclip_lab.core.loading import load_vlm
 from diffclip_lab.vlm.pope import (
     PROMPTS,
     answer_questions,
     check_images,
-    load_vlm,
     pope_chat_template,
     pope_record,
     read_questions,
@@ -63,7 +63,8 @@ def main(argv=None) -> list[dict]:
         raise UserError(f"two question files are the same split ({', '.join(names)}); give each split once.")
     check_images([question for split in splits for question in split.questions], args.images)
     name = path_or_repo_id(args.model, "--model")
-    model, processor = load_vlm(name, args.device, args.dtype, args.trust_remote_code)
+    model, processor = load_vlm(name, chat_template=True, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    model = model.to(args.device).eval()
     prompt, chat_template = pope_chat_template(model, processor, args.prompt)
     settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "prompt": prompt}
     records = []

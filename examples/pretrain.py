@@ -19,7 +19,6 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
 from diffclip_lab.core.cli import (
     ArgumentParser,
@@ -33,6 +32,7 @@ from diffclip_lab.core.cli import (
     setup_logging,
 )
 from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.loading import load_diffclip
 from diffclip_lab.core.publishing import check_can_push, describe_variant, model_card
 from diffclip_lab.demo import shapes
 from diffclip_lab.evaluation.datasets import EvalSplit, load_split, split_from_dataset
@@ -120,7 +120,7 @@ def parse_args(argv=None):
 def build_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
     """A saved DiffCLIP (`--init_from`), or a new one of a named size or config.json with the variant's attention."""
     if args.init_from:
-        return load_initial_model(args)
+        return load_diffclip(path_or_repo_id(args.init_from, "--init_from"), "--init_from", args.variant)
     if args.model_config in MODEL_CONFIGS:
         config = DiffCLIPConfig(**MODEL_CONFIGS[args.model_config])
     elif Path(args.model_config).is_file():
@@ -132,27 +132,6 @@ def build_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
         image_size=config.vision_config.image_size, context_length=config.text_config.max_position_embeddings
     )
     return DiffCLIPModel(config), processor
-
-
-def load_initial_model(args) -> tuple[DiffCLIPModel, DiffCLIPProcessor]:
-    """The DiffCLIP of `--init_from`; anything else (a Transformers CLIP, another model) is refused, as is a
-    `--variant` the model is not."""
-    name = path_or_repo_id(args.init_from, "--init_from")
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise UserError(f"--init_from {name}: {str(error).strip().splitlines()[0]}") from None
-    if not isinstance(config, DiffCLIPConfig):
-        raise UserError(
-            f"--init_from {name} is a {config.model_type!r} model, not a DiffCLIP: convert a Transformers CLIP first "
-            f"with python convert/convert_clip_to_diffclip.py --model {name} --output_dir DIR, then --init_from DIR."
-        )
-    if args.variant is not None and args.variant != config.variant:
-        raise UserError(
-            f"--variant {args.variant} contradicts --init_from {name}, which is "
-            f"{config.variant or 'another combination'}: leave --variant out to train it as it is."
-        )
-    return DiffCLIPModel.from_pretrained(name), DiffCLIPProcessor.from_pretrained(name)
 
 
 def load_training_data(args, image_size: int, accelerator: Accelerator):

@@ -37,9 +37,10 @@ from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import atomic_write_text
 from diffclip_lab.core.formatting import PAPER_NAMES
 from diffclip_lab.core.images import UnreadableImage, read_image
+from diffclip_lab.core.loading import load_pretrained
 from diffclip_lab.evaluation import study
 from diffclip_lab.evaluation.relevance import centre_crop_box, draw, relevance_map
-from diffclip_lab.evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, evaluate, load_pretrained
+from diffclip_lab.evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, evaluate
 
 
 logger = logging.getLogger(__name__)

@@ -36,16 +36,15 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageTextToText
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto classes)
 from diffclip_lab.core.cli import ArgumentParser, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import atomic_directory, atomic_write_text
+from diffclip_lab.core.loading import load_vlm
 from diffclip_lab.core.publishing import check_can_push
 from diffclip_lab.demo import scenes
 from diffclip_lab.demo.language_model import pretrain_language_model, tiny_language_model
-from diffclip_lab.evaluation.tasks import load_pretrained
 from diffclip_lab.training.contrastive import parameter_groups
 from diffclip_lab.training.recipes import VLM_RECIPES, apply_recipe
 from diffclip_lab.training.runs import (
@@ -139,14 +138,6 @@ def check_lengths(options, model) -> None:
                 f"--{name} {value} cannot hold an image's {image_tokens} tokens and a text: give more than "
                 f"{image_tokens}."
             )
-
-
-def load_vlm(name: str):
-    """A vision-language model (`AutoModelForImageTextToText`) and its processor, or one clear error."""
-    model, processor = load_pretrained(path_or_repo_id(name, "--model"), model_class=AutoModelForImageTextToText)
-    if not any(module.endswith("multi_modal_projector") for module, _ in model.named_modules()):
-        raise UserError(f"--model {name} ({type(model).__name__}) is not a LLaVA-style model; build one first.")
-    return model, processor
 
 
 def freeze(model, stage: str, unfreeze_vision: bool) -> int:
@@ -324,7 +315,8 @@ def demo_pope(model_folder: Path, output_dir: Path) -> list[dict]:
     files = pope.write_pope_splits(
         pope.build_pope_splits(annotations, num_images=DEMO_SCENES["test"], objects_per_image=1), output_dir / "pope"
     )
-    model, processor = pope.load_vlm(str(model_folder), PartialState().device, dtype="float32")
+    model, processor = load_vlm(str(model_folder), chat_template=True, dtype="float32")
+    model = model.to(PartialState().device).eval()
     records = []
     for path in files:
         split = pope.read_questions(path)
@@ -342,7 +334,7 @@ def demo(args) -> dict:
         options = stage_options(args, stage)
         options.output_dir = str(output_dir / stage)
         options.push_to_hub = args.push_to_hub and stage == "instruct"  # the finished model only
-        model, processor = load_vlm(str(model_folder))
+        model, processor = load_vlm(str(model_folder), llava=True)
         with PartialState().main_process_first():  # the main process writes the data, the others read it
             if PartialState().is_main_process:
                 scenes.write_conversations(stage, DEMO_SCENES[stage], output_dir / "scenes" / stage)
@@ -366,7 +358,7 @@ def main(argv=None) -> dict:
     if args.dataset is None:
         return demo(args)
     options = stage_options(args, args.stage)
-    model, processor = load_vlm(args.model)
+    model, processor = load_vlm(path_or_repo_id(args.model, "--model"), llava=True)
     conversations = load_conversations(args.dataset, args.image_folder, args.dataset_split)
     return run_stage(options, args.stage, model, processor, conversations, args.model)
 

@@ -34,6 +34,7 @@ from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 
 from ..core.errors import UserError
 from ..core.files import check_output_directory
+from ..core.loading import refused_as
 from ..core.publishing import model_card, save_model_folder
 from .official import image_embeddings, text_embeddings, to_diffclip_state_dict
 
@@ -309,18 +310,16 @@ def convert_clip(
 ) -> DiffCLIPModel:
     """Load a CLIP checkpoint and its processor, and write the DiffCLIP folder in one rename."""
     check_output_directory(output_dir, overwrite)
-    try:
+    with refused_as(f"could not load a CLIP model from {model_name_or_path}"):
         config = AutoConfig.from_pretrained(model_name_or_path)
-        if config.model_type != "clip":  # CLIPModel would load another model's config as CLIP's, and its weights
-            raise UserError(
-                f"{model_name_or_path} is a {config.model_type!r} model, not a Transformers CLIP ('clip'); this "
-                "converter starts DiffCLIP from CLIP weights. A DiffCLIP folder trains as it is (pretrain.py "
-                "--init_from)."
-            )
+    if config.model_type != "clip":  # CLIPModel would load another model's config as CLIP's, and its weights
+        raise UserError(
+            f"{model_name_or_path} is a {config.model_type!r} model, not a Transformers CLIP ('clip'); this "
+            "converter starts DiffCLIP from CLIP weights. A DiffCLIP folder trains as it is (pretrain.py "
+            "--init_from)."
+        )
+    with refused_as(f"could not load a CLIP model from {model_name_or_path}"):
         clip = CLIPModel.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise UserError(f"could not load a CLIP model from {model_name_or_path}: {reason}") from None
     try:
         clip_processor = AutoProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):

@@ -30,12 +30,13 @@ import torch
 import transformers
 from PIL import Image
 from torch import nn
-from transformers import AutoModel, AutoProcessor, CLIPModel
+from transformers import CLIPModel
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 
 from ..core.errors import UserError
 from ..core.files import atomic_directory, check_output_directory
+from ..core.loading import load_dual_encoder
 
 
 # torch.onnx's dynamo exporter implements opset 18 and newer. Asked for an older one it exports opset 18 and runs
@@ -43,7 +44,13 @@ from ..core.files import atomic_directory, check_output_directory
 # not constants it can fold into an attribute) and then keeps opset 18 without failing: refuse instead.
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
-ATTN_IMPLEMENTATION = "eager"  # see load_dual_encoder
+# Eager attention, because both backends export (the SDPA path's `DifferentialNorm` autograd function traces under
+# `no_grad`; both agree with PyTorch to 1e-5) but ONNX has no fused attention kernel below opset 23: the SDPA path's
+# four attention calls per layer become matrix products that materialise the maps anyway, and ONNX Runtime merges the
+# duplicated score maps but not the four value products, where eager multiplies the maps' difference with the values
+# once. Its graph has half the nodes and ran 1.6 % (images) and 3.7 % (captions) faster at ViT-B/16
+# (docs/performance.md).
+ATTN_IMPLEMENTATION = "eager"
 FP32_TOLERANCE = 1e-4  # max |Δ| of the embeddings
 FP16_RELATIVE_TOLERANCE = 1e-2  # max |Δ| / max |embedding|
 IMAGE_ENCODER, TEXT_ENCODER, CONFIG_NAME = "image_encoder.onnx", "text_encoder.onnx", "onnx_config.json"
@@ -94,41 +101,6 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float()
-
-
-def load_dual_encoder(model_name_or_path: str):
-    """
-    The model, in float32 with eager attention, and its processor; a [`UserError`] for anything that is not a
-    CLIP-family dual encoder with a processor.
-
-    Eager attention, because both backends export (the SDPA path's `DifferentialNorm` autograd function traces
-    under `no_grad`; both agree with PyTorch to 1e-5) but ONNX has no fused attention kernel below opset 23: the SDPA
-    path's four attention calls per layer become matrix products that materialise the maps anyway, and ONNX Runtime
-    merges the duplicated score maps but not the four value products, where eager multiplies the maps' difference
-    with the values once. Its graph has half the nodes and ran 1.6 % (images) and 3.7 % (captions) faster at
-    ViT-B/16 (docs/performance.md).
-    """
-    try:
-        model = AutoModel.from_pretrained(
-            model_name_or_path, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32
-        )
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise UserError(f"could not load a model from {model_name_or_path}: {reason}") from None
-    # DiffCLIPModel is a CLIPModel; its zero-shot rule, softmax(exp(logit_scale) · cosine), is CLIP's.
-    if not isinstance(model, CLIPModel):
-        raise UserError(
-            f"{model_name_or_path} holds a {type(model).__name__}, not a CLIP-family dual encoder (DiffCLIPModel or "
-            "CLIPModel, with get_image_features and get_text_features); export a DiffCLIP or CLIP model folder."
-        )
-    try:
-        processor = AutoProcessor.from_pretrained(model_name_or_path)
-    except (OSError, ValueError):
-        raise UserError(
-            f"{model_name_or_path} has no processor (image processor and tokenizer files); save the model's "
-            "processor next to it first."
-        ) from None
-    return model.eval(), processor
 
 
 def preprocessing_config(image_processor) -> dict:
@@ -363,7 +335,9 @@ def export_onnx(
     check_output_directory(output_dir, overwrite)
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old for this graph: use >= {MIN_OPSET}")
-    model, processor = load_dual_encoder(model_name_or_path)
+    model, processor = load_dual_encoder(
+        model_name_or_path, attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32
+    )
     config = inference_config(model, processor, model_name_or_path, opset, fp16)
     samples = sample_inputs(processor, config["context_length"], config["image_size"])
     report = {"max_abs_difference": {}, "tolerance": {}}

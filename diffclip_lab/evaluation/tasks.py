@@ -10,21 +10,18 @@ DiffCLIP and its ablations, Transformers CLIP, SigLIP. Datasets: the layouts of 
 import hashlib
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
-
-import modeling_diffclip
 
 from ..core.errors import UserError
 from ..core.files import atomic_file
 from ..core.formatting import markdown_table
+from ..core.loading import load_pretrained
+from ..core.provenance import provenance
 from .datasets import EvalSplit, load_mmvp, load_split
 from .protocols import (
     classification_metrics,
@@ -128,16 +125,6 @@ class DualEncoder:
         if kind == "pooled" and hasattr(self.model, "vision_model"):
             return self.model.vision_model(pixel_values=pixel_values).pooler_output.float().cpu()
         return _embedding(self.model.get_image_features(pixel_values=pixel_values)).float().cpu()
-
-
-def load_pretrained(name: str, trust_remote_code: bool = False, model_class=AutoModel, **model_kwargs):
-    """A model (`model_class`) and its processor (`AutoProcessor`) from a folder or Hub id, or one clear error."""
-    try:
-        model = model_class.from_pretrained(name, trust_remote_code=trust_remote_code, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise UserError(f"could not load model {name!r}: {str(error).strip().splitlines()[0]}") from None
-    return model, processor
 
 
 def _embedding(output) -> torch.Tensor:
@@ -375,18 +362,6 @@ def evaluate(encoder: DualEncoder, task: str, options: EvalOptions, cache: Featu
         "metrics": metrics,
         "counts": counts,
         **provenance(),
-    }
-
-
-def provenance() -> dict:
-    """What every result record ends with: the library versions and the date."""
-    return {
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "modeling_diffclip": modeling_diffclip.__version__,
-        },
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -36,6 +36,7 @@ from modeling_diffclip import (
 
 from ..core.errors import UserError
 from ..core.files import check_output_directory
+from ..core.loading import refused_as
 from ..core.publishing import card_ending, save_model_folder
 
 
@@ -78,10 +79,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_vision_tower(name_or_path: str):
     """The vision tower of a DiffCLIP or Transformers CLIP checkpoint (dual encoder or vision tower alone), and the
     checkpoint's image processor. Anything else is refused."""
-    try:
+    with refused_as(f"--vision_model {name_or_path}"):
         config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"--vision_model {name_or_path}: {str(error).strip().splitlines()[0]}") from None
     if not isinstance(config, (DiffCLIPConfig, DiffCLIPVisionConfig, CLIPConfig, CLIPVisionConfig)):
         raise UserError(
             f"--vision_model {name_or_path} is a {config.model_type!r} model, not CLIP-family: give a DiffCLIP or "
@@ -98,14 +97,9 @@ def load_vision_tower(name_or_path: str):
 
 def load_language_model(name_or_path: str):
     """A causal language model and its tokenizer; a model that is not causal (e.g. BERT) is refused."""
-    try:
+    with refused_as(f"--language_model {name_or_path} is not a causal language model Transformers can load"):
         model = AutoModelForCausalLM.from_pretrained(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"--language_model {name_or_path} is not a causal language model Transformers can load: "
-            f"{str(error).strip().splitlines()[0]}"
-        ) from None
     if not is_causal(model):
         raise UserError(
             f"--language_model {name_or_path} ({type(model).__name__}) is not causal: its outputs depend on later "

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -32,7 +31,7 @@ from ..core.errors import UserError
 from ..core.files import atomic_write_text
 from ..core.formatting import article, markdown_table
 from ..core.images import UnreadableImage, read_image
-from ..evaluation.tasks import load_pretrained, provenance
+from ..core.provenance import provenance
 from .composition import CHAT_TEMPLATES
 
 
@@ -201,14 +200,6 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> tuple[dic
 
 
 # --------------------------------------------------------------------------------------------------- models
-
-
-def load_vlm(name: str, device: str, dtype: str = "auto", trust_remote_code: bool = False):
-    """An image-text-to-text model (`AutoModelForImageTextToText`, in eval mode on `device`) and its processor."""
-    model, processor = load_pretrained(name, trust_remote_code, transformers.AutoModelForImageTextToText, dtype=dtype)
-    if getattr(processor, "chat_template", None) is None:
-        raise UserError(f"the processor of {name} has no chat template; POPE prompts the model through it.")
-    return model.to(device).eval(), processor
 
 
 def pope_chat_template(model, processor, prompt: str = "auto") -> tuple[str, str | None]:
