@@ -2,6 +2,7 @@
 takes, every repository file they name exists, and every relative link points to a file (and heading) that exists."""
 
 import functools
+import json
 import re
 import shlex
 import subprocess
@@ -101,13 +102,50 @@ def options_shown() -> dict[tuple[str, str | None], set[tuple[str, str, str]]]:
     return shown
 
 
+# Runs each `(script, subcommand)` with `--help` in one interpreter: the scripts' imports (torch, transformers, the
+# lab) are paid once instead of once per script.
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+helps = {}
+for script, subcommand in json.loads(sys.argv[1]):
+    sys.argv = [script, *([subcommand] if subcommand else []), "--help"]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code or 0
+    helps[f"{script} {subcommand or ''}"] = [code, out.getvalue(), err.getvalue()[-2000:]]
+print(json.dumps(helps))
+"""
+
+
+def run_help(calls: list[tuple[str, str | None]]) -> dict[tuple[str, str | None], str]:
+    """`python SCRIPT [SUBCOMMAND] --help` for each call, offline, in one fresh interpreter."""
+    argv = [sys.executable, "-c", HELP_RUNNER, json.dumps(calls)]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    helps = json.loads(completed.stdout.splitlines()[-1])
+    texts = {}
+    for script, subcommand in calls:
+        code, out, err = helps[f"{script} {subcommand or ''}"]
+        assert code == 0, f"{script} {subcommand or ''} --help failed:\n{err}"
+        texts[script, subcommand] = out
+    return texts
+
+
 @functools.cache
+def all_help() -> dict[tuple[str, str | None], str]:
+    """The --help of every script the pages run, and of each subcommand they name."""
+    scripts = sorted({script for script, _ in SHOWN} | set(PASSES_ON.values()))
+    texts = run_help([(script, None) for script in scripts])
+    named = sorted({(s, c) for s, c in SHOWN if c is not None and c in subcommands(texts[s, None])})
+    return texts | (run_help(named) if named else {})
+
+
 def help_text(script: str, subcommand: str | None = None) -> str:
-    """`python SCRIPT [SUBCOMMAND] --help`, run offline with this interpreter (about 5 s: the script's imports)."""
-    argv = [sys.executable, str(REPO_ROOT / script), *([subcommand] if subcommand else []), "--help"]
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
-    assert completed.returncode == 0, f"{' '.join(argv[1:])} failed:\n{completed.stderr[-2000:]}"
-    return completed.stdout
+    return all_help()[script, subcommand]
 
 
 def accepted_options(help_output: str) -> set[str]:
@@ -129,7 +167,7 @@ def subcommands(help_output: str) -> set[str]:
 SHOWN = options_shown()
 
 
-@pytest.mark.slow  # a fresh interpreter per script
+@pytest.mark.slow  # one fresh interpreter runs every --help
 @pytest.mark.parametrize("script", sorted({script for (script, _), uses in SHOWN.items() if uses}))
 def test_every_option_shown_is_one_the_script_takes(script):
     if script in PASSES_ON:
