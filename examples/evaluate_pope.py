@@ -10,7 +10,7 @@ Prompting and scoring follow LLaVA-1.5 (see diffclip_lab/vlm/pope.py): a stock `
 LLaVA's vicuna_v1 conversation (system prompt included) as LLaVA's model_vqa_loader.py does, whatever its
 processor's template (--prompt processor to use that instead). Writes one record per split, with every answer;
 prints the scores, the answers LLaVA's rule counts as "yes" without a "yes" in them, and the mean F1 over the three
-splits (the number LLaVA-1.5 reports: 85.9 for llava-v1.5-7b, see the README).
+splits (the number LLaVA-1.5 reports: 85.9 for llava-v1.5-7b, see docs/vlm.md).
 """
 
 import argparse

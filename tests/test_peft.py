@@ -1,4 +1,4 @@
-"""Fine-tuning DiffCLIP with PEFT LoRA, the differential-attention parameters included (the README's recipe)."""
+"""Fine-tuning DiffCLIP with PEFT LoRA, the differential-attention parameters included (the recipe of docs/model.md)."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ from test_modeling import batch
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
 
-# The README's recipe: LoRA on the attention projections; the λ vectors and the sub-layer norm trained in full.
+# The recipe of docs/model.md: LoRA on the attention projections; the λ vectors and the sub-layer norm trained in full.
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["diff_lambda", "diff_norm"])
 
 
