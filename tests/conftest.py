@@ -75,6 +75,13 @@ def backdate(paths) -> dict[Path, tuple[int, int, str]]:
     return identities
 
 
+# λ_init of the "dynamic" schedule (DiffCLIP*): the Differential Transformer's 0.8 − 0.6·exp(−0.3·(l − 1)) for the
+# 1-based layer l (Ye et al. 2024, §2.1; its reference code passes depth=0 for the first layer), worked out for
+# l = 1, …, 12 to 6 decimals. The official DiffCLIP code uses 0.8 in every layer: the "constant" schedule.
+DYNAMIC_LAMBDA_INIT = (0.2, 0.355509, 0.470713, 0.556058, 0.619283, 0.666122, 0.700821, 0.726526, 0.745569, 0.759677,
+                       0.770128, 0.77787)  # fmt: skip
+
+
 def tiny_config_kwargs(text=None, vision=None, **kwargs):
     """Keyword arguments of a DiffCLIPConfig small enough for CPU tests (4 heads, 2 layers, 32-px images)."""
     text_config = dict(
