@@ -4,6 +4,7 @@ the whole driver end to end at CPU sizes (slow)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,9 +171,13 @@ def test_the_plan_fits_eight_minutes_and_runs_the_demo_schedule(tmp_path):
 
 
 def test_missing_requirements_are_named():
-    assert gpu_check.missing_requirements({"transformers": "5.24.0"}) == []
-    assert gpu_check.missing_requirements({"transformers": "5.17.0"}) == [
-        "transformers 5.17.0 is installed; this project needs >= 5.24"
+    """The Transformers floor is the one pyproject.toml declares, not a copy that drifts from it."""
+    floor = re.search(r'"transformers>=(\d+)\.(\d+)[,"]', (REPO_ROOT / "pyproject.toml").read_text())
+    major, minor = map(int, floor.groups())
+    assert gpu_check.missing_requirements({"transformers": f"{major}.{minor}.0"}) == []
+    below = f"{major}.{minor - 1}.9" if minor else f"{major - 1}.99.0"
+    assert gpu_check.missing_requirements({"transformers": below}) == [
+        f"transformers {below} is installed; this project needs >= {major}.{minor}"
     ]
     assert gpu_check.missing_requirements({"transformers": None})[0].startswith("transformers None")
 
