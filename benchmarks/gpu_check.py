@@ -238,8 +238,8 @@ def missing_requirements(env: dict) -> list[str]:
     import importlib.util
 
     lines = []
-    if not _at_least(env.get("transformers"), (5, 24)):
-        lines.append(f"transformers {env.get('transformers')} is installed; this project needs >= 5.24")
+    if not _at_least(env.get("transformers"), (5, 0)):
+        lines.append(f"transformers {env.get('transformers')} is installed; this project needs >= 5.0")
     for name, steps in (("accelerate", "pretrain, pretrain_compile"), ("datasets", "pretrain, pretrain_compile")):
         if importlib.util.find_spec(name) is None:
             lines.append(f"{name} is not installed: {steps} will fail (pip install -e '.[dev]')")

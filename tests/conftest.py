@@ -1,5 +1,6 @@
 """Shared test set-up: offline Hub, tiny configs, and the read-only fixtures in ../shared/fixtures."""
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -52,6 +53,33 @@ def run_script(script, argv: list) -> int:
             print(exit.code, file=sys.stderr)
             return 1
         return exit.code or 0
+
+
+def file_identity(path) -> tuple[int, int, str]:
+    """A file's inode, modification time and SHA-256: after `backdate`, any rewrite changes one of them (see there)."""
+    stat = Path(path).stat()
+    return stat.st_ino, stat.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def backdate(paths) -> dict[Path, tuple[int, int, str]]:
+    """
+    Set each file's modification time to 2001 and return its `file_identity`, to check later that nothing wrote it
+    again: a write through a temporary name and a rename (`diffclip_lab.core.files`) leaves a new inode, a write in place
+    a modification time of now, which differs from 2001 at any timestamp resolution (comparing a fresh file's time
+    does not: on a filesystem with coarse timestamps a rewrite within the same tick keeps it).
+    """
+    identities = {}
+    for path in map(Path, paths):
+        os.utime(path, ns=(1_000_000_000 * 10**9, 1_000_000_000 * 10**9))
+        identities[path] = file_identity(path)
+    return identities
+
+
+# λ_init of the "dynamic" schedule (DiffCLIP*): the Differential Transformer's 0.8 − 0.6·exp(−0.3·(l − 1)) for the
+# 1-based layer l (Ye et al. 2024, §2.1; its reference code passes depth=0 for the first layer), worked out for
+# l = 1, …, 12 to 6 decimals. The official DiffCLIP code uses 0.8 in every layer: the "constant" schedule.
+DYNAMIC_LAMBDA_INIT = (0.2, 0.355509, 0.470713, 0.556058, 0.619283, 0.666122, 0.700821, 0.726526, 0.745569, 0.759677,
+                       0.770128, 0.77787)  # fmt: skip
 
 
 def tiny_config_kwargs(text=None, vision=None, **kwargs):

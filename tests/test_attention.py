@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import DYNAMIC_LAMBDA_INIT
 
 from diffclip_lab.conversion.official import attention, official_attention_tensors
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
@@ -102,7 +103,7 @@ def test_rows_of_differential_maps_sum_to_one_minus_lambda():
 def test_dynamic_schedule_sets_lambda_init_per_layer():
     for layer_idx in (0, 1, 5, 11):
         attn = make_attention("eager", layer_idx=layer_idx, lambda_schedule="dynamic")
-        assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer_idx))
+        assert attn.lambda_init == pytest.approx(DYNAMIC_LAMBDA_INIT[layer_idx], abs=1e-6)
         x = torch.randn(1, 4, 48)
         expected, _, _ = reference_differential_attention(attn, x, None)
         torch.testing.assert_close(attn(x)[0].double(), expected, atol=1e-5, rtol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import load_script
 from PIL import Image
+from transformers import AutoModel, AutoProcessor
 
 from diffclip_lab.demo.shapes import render
 from diffclip_lab.evaluation.relevance import centre_crop_box, relevance_map
@@ -43,12 +44,18 @@ def test_grid_of_relevance_maps(saved):
             str(output),
         ]
     )
-    for per_query in maps.values():
+    image = Image.open(saved / "shapes.png")
+    for name, per_query in maps.items():
         assert [relevance.query for relevance in per_query] == ["a green triangle", "the background"]
+        model, processor = AutoModel.from_pretrained(name).eval(), AutoProcessor.from_pretrained(name)
         for relevance in per_query:
             assert relevance.patches.shape == (4, 4)  # 32 px / patch 8
             assert relevance.patches.min() >= 0
-            assert -1 <= relevance.similarity <= 1
+            inputs = processor(text=[relevance.query], images=image, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                outputs = model(**inputs)
+            cosine = torch.nn.functional.cosine_similarity(outputs.image_embeds, outputs.text_embeds).item()
+            assert relevance.similarity == pytest.approx(cosine, abs=1e-5), (name, relevance.query)
         assert not torch.equal(per_query[0].patches, per_query[1].patches)  # conditioned on the text
     with Image.open(output) as figure:
         figure.verify()

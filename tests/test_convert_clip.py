@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import load_script, run_script, tiny_config_kwargs
+from conftest import DYNAMIC_LAMBDA_INIT, load_script, run_script, tiny_config_kwargs
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel, CLIPProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -64,10 +64,8 @@ def test_every_clip_tensor_is_copied_and_new_parameters_follow_the_paper(tiny_cl
         torch.testing.assert_close(attn.diff_norm.weight, torch.ones_like(attn.diff_norm.weight))
         lambdas = torch.cat(list(attn.diff_lambda.parameters()))
         assert 0.02 < lambdas.std().item() < 0.3  # drawn from N(0, 0.1)
-        expected_init = (
-            0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if variant.endswith("dynamic") else 0.8
-        )
-        assert attn.lambda_init == pytest.approx(expected_init)
+        expected_init = DYNAMIC_LAMBDA_INIT[layer_idx] if variant.endswith("dynamic") else 0.8
+        assert attn.lambda_init == pytest.approx(expected_init, abs=1e-6)
 
 
 def test_conversion_is_reproducible(tiny_clip, tmp_path):

@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script, run_script, tiny_config_kwargs
+from conftest import backdate, file_identity, load_script, run_script, tiny_config_kwargs
 from eval_fixtures import (
     CLASSNAMES,
     MMVP_CATEGORIES,
@@ -26,6 +26,7 @@ from PIL import Image
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.formatting import distinct_names
 from diffclip_lab.evaluation.datasets import load_split
+from diffclip_lab.evaluation.protocols import linear_probe, split_train_validation
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor, DiffCLIPVisionModel
 
 
@@ -43,7 +44,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     return {
         "classification": write_clip_benchmark_classification(root / "wds_colours"),
-        "retrieval": write_clip_benchmark_retrieval(root / "wds_colour_captions"),
+        "retrieval": write_clip_benchmark_retrieval(root / "wds_colour_captions", images=16),  # more than k=10
         "hf": write_hf_classification(root / "hf_colours"),
         "mmvp": write_mmvp(root / "MMVP_VLM"),
     }
@@ -111,13 +112,30 @@ def test_zeroshot_on_a_datasets_folder(models, data, tmp_path):
     assert records[0]["counts"]["templates"] == 1
 
 
+def recall_by_hand(model_path, split, k) -> dict[str, float]:
+    """Recall@k from embeddings computed directly: a caption finds its image, and a captioned image one of its
+    captions, when fewer than k candidates score higher than it."""
+    texts = [(caption, image) for image, captions in enumerate(split.captions) for caption in captions]
+    images, captions = diffclip_features(model_path, list(split.images), [caption for caption, _ in texts])
+    scores = captions @ images.T
+    found_images = [int((scores[t] > scores[t, image]).sum()) < k for t, (_, image) in enumerate(texts)]
+    found_captions = []
+    for image in sorted({image for _, image in texts}):
+        best = max(scores[t, image] for t, (_, own) in enumerate(texts) if own == image)
+        found_captions.append(int((scores[:, image] > best).sum()) < k)
+    return {
+        f"image_retrieval_recall@{k}": sum(found_images) / len(found_images),
+        f"text_retrieval_recall@{k}": sum(found_captions) / len(found_captions),
+    }
+
+
 def test_retrieval(models, data, tmp_path):
     record = run(models[:1], "retrieval", data["retrieval"], tmp_path)[0]
-    assert record["counts"] == {"images": 6, "image_queries": 6, "captions": 12, "skipped_captions": 0}
-    metrics = record["metrics"]
-    assert set(metrics) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
-    assert metrics["image_retrieval_recall@10"] == 1.0  # only 6 images
-    assert metrics["image_retrieval_recall@1"] <= metrics["image_retrieval_recall@5"] <= 1.0
+    assert record["counts"] == {"images": 16, "image_queries": 16, "captions": 32, "skipped_captions": 0}
+    split = load_split(str(data["retrieval"]), "test")
+    expected = {name: value for k in (1, 5, 10) for name, value in recall_by_hand(models[0], split, k).items()}
+    assert record["metrics"] == pytest.approx(expected, abs=1e-6)
+    assert 0 < expected["image_retrieval_recall@10"] < 1  # 16 images: the top 10 can miss
 
 
 def test_linear_probe_and_few_shot(models, data, tmp_path):
@@ -126,7 +144,24 @@ def test_linear_probe_and_few_shot(models, data, tmp_path):
     assert probe[0]["counts"]["train"] + probe[0]["counts"]["validation"] == 24
     assert probe[0]["counts"]["test"] == 12
     assert probe[0]["metrics"]["costs_tried"] > 7
-    assert 0 <= probe[0]["metrics"]["acc1"] <= 1
+    # the protocol (tests/test_protocols.py) on the vision tower's pooled features computed directly: the script
+    # must give it the right features, splits and labels
+    with torch.no_grad():
+        tower = DiffCLIPModel.from_pretrained(models[0]).vision_model.eval()
+        processor = DiffCLIPProcessor.from_pretrained(models[0])
+        train, test = (load_split(str(data["classification"]), split) for split in ("train", "test"))
+        features = [
+            tower(**processor(images=list(s.images), return_tensors="pt")).pooler_output for s in (train, test)
+        ]
+    labels = torch.tensor(train.labels)
+    fit, held_out = split_train_validation(train.labels)
+    expected = linear_probe(
+        (features[0][fit], labels[fit]),
+        (features[0][held_out], labels[held_out]),
+        (features[1], torch.tensor(test.labels)),
+        30,
+    )
+    assert probe[0]["metrics"] == pytest.approx(expected, abs=1e-6)
     episodes = ["--episodes", 30, "--ways", 3, "--shots", 2, "--queries", 2]
     shots = run(models, "few_shot", data["classification"], tmp_path, *episodes)
     assert shots[0]["counts"]["ways"] == 3
@@ -161,10 +196,10 @@ def test_mmvp_is_scored_as_its_authors_do(models, data, tmp_path):
 
 def test_features_are_cached(models, data, tmp_path):
     run(models[:1], "zeroshot", data["classification"], tmp_path)
-    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")}
+    files = backdate((tmp_path / "cache").glob("*.pt"))
     assert len(files) == 2  # the images, the prompts
     run(models[:1], "zeroshot", data["classification"], tmp_path)
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")} == files
+    assert {path: file_identity(path) for path in (tmp_path / "cache").glob("*.pt")} == files  # read, not rewritten
     run(models[:1], "zeroshot", data["classification"], tmp_path, "--no_cache", "--split", "train")
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
@@ -254,7 +289,9 @@ def test_empty_captions_are_skipped_and_counted(models, tmp_path):
     record = run(models[:1], "retrieval", tmp_path / "captions", tmp_path)[0]
     # image→text recall is over the 4 captioned images, text→image recall searches all 6
     assert record["counts"] == {"images": 6, "image_queries": 4, "captions": 4, "skipped_captions": 2}
-    assert record["metrics"]["text_retrieval_recall@10"] == 1.0  # the 4 captioned images are the only queries
+    split = load_split(str(tmp_path / "captions"), "test")
+    expected = {name: value for k in (1, 5, 10) for name, value in recall_by_hand(models[0], split, k).items()}
+    assert record["metrics"] == pytest.approx(expected, abs=1e-6)  # 4/6 at k=5 if uncaptioned images were queries
 
 
 def test_an_image_that_does_not_decode_is_one_line_from_worker_processes(models, tmp_path, capsys):

@@ -6,6 +6,7 @@ puts this process offline. Each script prints one JSON line that the test checks
 
 import socket
 import threading
+import time
 
 import pytest
 from conftest import run_client
@@ -182,9 +183,11 @@ def test_stop_releases_the_port_and_the_thread(tmp_path):
         port = int(server.url.rsplit(":", 1)[1])
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         server.store.create("models/test-user/kept", private=False)
-    for thread in set(threading.enumerate()) - before:  # the handler of the probe above may still be finishing
-        thread.join(timeout=5)
-    assert set(threading.enumerate()) <= before
+    # the handler of the probe above may still be finishing: wait for it, and name what is still running if it hangs
+    deadline = time.monotonic() + 120
+    while (running := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running, f"threads still running 2 minutes after the server stopped: {sorted(t.name for t in running)}"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
     with HubServer(tmp_path) as reopened:  # the storage directory outlives the server

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import DYNAMIC_LAMBDA_INIT, tiny_config_kwargs
 from transformers import CLIPConfig, CLIPModel
 from transformers.models.clip import modeling_clip
 from transformers.models.clip.modeling_clip import (
@@ -80,10 +80,8 @@ def test_variants_build_the_right_attention(variant):
             assert isinstance(attn, DiffCLIPAttention) == differential
             assert isinstance(attn, CLIPAttention)
             if differential:
-                expected = (
-                    0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * layer_idx)).item() if schedule == "dynamic" else 0.8
-                )
-                assert attn.lambda_init == pytest.approx(expected)
+                expected = DYNAMIC_LAMBDA_INIT[layer_idx] if schedule == "dynamic" else 0.8
+                assert attn.lambda_init == pytest.approx(expected, abs=1e-6)
     has_lambda = any("lambda_q1" in name for name in model.state_dict())
     assert has_lambda == (text_diff or vision_diff)
     with torch.no_grad():
@@ -167,7 +165,9 @@ def test_save_and_load_round_trip_in_safetensors(tmp_path):
     assert comparable(loaded.config) == comparable(model.config)
     for (name, expected), (_, actual) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=name)
-    assert loaded.vision_model.encoder.layers[1].self_attn.lambda_init == pytest.approx(0.8 - 0.6 * 0.7408182206817179)
+    assert loaded.vision_model.encoder.layers[1].self_attn.lambda_init == pytest.approx(
+        DYNAMIC_LAMBDA_INIT[1], abs=1e-6
+    )
     # the same weights in other tensors: kernels may round differently with another memory layout (fp32, 2 layers)
     with torch.no_grad():
         torch.testing.assert_close(
