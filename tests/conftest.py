@@ -64,9 +64,9 @@ def file_identity(path) -> tuple[int, int, str]:
 def backdate(paths) -> dict[Path, tuple[int, int, str]]:
     """
     Set each file's modification time to 2001 and return its `file_identity`, to check later that nothing wrote it
-    again: a write through a temporary name and a rename (`diffclip_lab.core.files`) leaves a new inode, a write in place
-    a modification time of now, which differs from 2001 at any timestamp resolution (comparing a fresh file's time
-    does not: on a filesystem with coarse timestamps a rewrite within the same tick keeps it).
+    again: a write through a temporary name and a rename (`diffclip_lab.core.files`) leaves a new inode, a write
+    in place a modification time of now, which differs from 2001 at any timestamp resolution (comparing a fresh
+    file's time does not: on a filesystem with coarse timestamps a rewrite within the same tick keeps it).
     """
     identities = {}
     for path in map(Path, paths):
@@ -188,8 +188,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def accelerate_launch(script, *args, processes=1, timeout=600, config_file=None, kill_at=None, tmp_path=None):
     """
-    `accelerate launch script args` as a user would type it (2 CPU processes need ACCELERATE_USE_CPU, see docs/pretraining.md);
-    returns its output. With `kill_at` (and a `tmp_path` for the wrapper), the run is SIGKILLed as it would rename
+    `accelerate launch script args` as a user would type it (2 CPU processes need ACCELERATE_USE_CPU, see
+    docs/pretraining.md); returns its output. With `kill_at` (and a `tmp_path` for the wrapper), the run is SIGKILLed as it would rename
     the staging folder `kill_at...` into place; returns the completed process, which must have died.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Fine-tuning DiffCLIP with PEFT LoRA, the differential-attention parameters included (the recipe of docs/model.md)."""
+"""Fine-tuning DiffCLIP with PEFT LoRA, the differential-attention parameters included (docs/model.md's recipe)."""
 
 import pytest
 import torch
