@@ -189,8 +189,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def accelerate_launch(script, *args, processes=1, timeout=600, config_file=None, kill_at=None, tmp_path=None):
     """
     `accelerate launch script args` as a user would type it (2 CPU processes need ACCELERATE_USE_CPU, see
-    docs/pretraining.md); returns its output. With `kill_at` (and a `tmp_path` for the wrapper), the run is SIGKILLed as it would rename
-    the staging folder `kill_at...` into place; returns the completed process, which must have died.
+    docs/pretraining.md); returns its output. With `kill_at` (and a `tmp_path` for the wrapper), the run is
+    SIGKILLed as it would rename the staging folder `kill_at...` into place; returns the completed process, which must
+    have died.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch"]
