@@ -16,11 +16,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
 from diffclip_lab.core.cli import ArgumentParser, device, path_or_repo_id, run_main, setup_logging
-from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.formatting import distinct_names
-from diffclip_lab.core.images import UnreadableImage, read_image
-from diffclip_lab.core.loading import load_pretrained
-from diffclip_lab.evaluation.relevance import Relevance, centre_crop_box, draw, relevance_map
+from diffclip_lab.evaluation.relevance import Relevance, attention_figure, load_for_relevance
 
 
 logger = logging.getLogger(__name__)
@@ -38,24 +35,14 @@ def main(argv=None) -> dict[str, list[Relevance]]:
     if (kind := Path(args.output).suffix.lstrip(".").lower()) not in FigureCanvasBase.get_supported_filetypes():
         parser.error(f"--output {args.output}: matplotlib writes no {kind!r} files; use .png, .pdf or .svg")
     setup_logging()
-    try:
-        image = read_image(args.image)
-    except UnreadableImage as error:
-        raise UserError(f"cannot read the image {args.image}: {error}") from None
     labels = distinct_names(args.model)
-    rows, maps, box = [], {}, None
-    for name in args.model:
-        # the maps exist only in the eager path; float32 keeps the gradients exact
-        model, processor = load_pretrained(
-            path_or_repo_id(name, "--model"), args.trust_remote_code, attn_implementation="eager", dtype=torch.float32
-        )
-        model = model.to(args.device).eval()
-        maps[name] = [relevance_map(model, processor, image, query) for query in args.query]
-        rows.append((labels[name], maps[name]))
-        box = box or centre_crop_box(processor, image)
-    draw(rows, image, box, Path(args.output))
+    models = (  # one at a time
+        (labels[name], *load_for_relevance(path_or_repo_id(name, "--model"), args.device, args.trust_remote_code))
+        for name in args.model
+    )
+    maps = attention_figure(models, args.image, args.query, Path(args.output))
     logger.info(f"Wrote {args.output}")
-    return maps
+    return dict(zip(args.model, maps, strict=True))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,7 @@ import logging
 from pathlib import Path
 
 from diffclip_lab.core.cli import ArgumentParser, run_main, setup_logging
-from diffclip_lab.evaluation.reports import (
-    bar_plots,
-    comparison_rows,
-    load_records,
-    markdown,
-    pope_bar_plot,
-    pope_table,
-    radar_plot,
-)
+from diffclip_lab.evaluation.reports import compare, load_records
 
 
 logger = logging.getLogger(__name__)
@@ -37,17 +29,8 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     setup_logging()
     records = load_records(args.results)
-    models, rows = comparison_rows(records, args.baseline or records[0]["model"])
-    table = markdown(models, rows)
-    if (pope := pope_table(records, models[0])) is not None:
-        table += f"\n\nPOPE (%), difference to {models[0]} in parentheses\n\n{pope}"
+    table, figures = compare(records, args.baseline or records[0]["model"], Path(args.plot_dir))
     print(table)
-    plot_dir = Path(args.plot_dir)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    figures = bar_plots(records, models, plot_dir)
-    for figure in (radar_plot(records, models, plot_dir), pope_bar_plot(records, models[0], plot_dir)):
-        if figure is not None:
-            figures.append(figure)
     logger.info("Figures: " + ", ".join(str(path) for path in figures))
     return table
 

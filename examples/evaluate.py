@@ -12,24 +12,23 @@ once per model, dataset and split, in batches (on the GPU when there is one), an
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.core.cli import (
-    ArgumentParser,
-    device,
-    non_negative_int,
-    path_or_repo_id,
-    positive_int,
-    random_seed,
-    run_main,
-)
+from diffclip_lab.core.cli import ArgumentParser, device, path_or_repo_id, run_main
 from diffclip_lab.core.files import atomic_write_text
 from diffclip_lab.core.formatting import distinct_names
-from diffclip_lab.evaluation.tasks import TASKS, DualEncoder, EvalOptions, FeatureCache, evaluate, results_table
+from diffclip_lab.evaluation.tasks import (
+    TASKS,
+    DualEncoder,
+    EvalOptions,
+    FeatureCache,
+    add_eval_options,
+    evaluate,
+    results_table,
+)
 
 
 def parse_args(argv=None):
@@ -39,33 +38,7 @@ def parse_args(argv=None):
     add("--task", choices=TASKS, required=True)
     add("--dataset", required=True, help="CLIP Benchmark wds root or repo, datasets id/path, or MMVP-VLM root")
     add("--output", help="write the results (a JSON list, one record per model) here")
-    add("--split", default="test", help="the split scored (zeroshot, retrieval) or tested (linear_probe, few_shot)")
-    add("--train_split", default="train", help="linear_probe / few_shot training split")
-    add("--validation_split", help="linear_probe validation split (default: the dataset's, else 20%% of train)")
-    add("--label_column", default="label")
-    add("--caption_column")
-    add("--classnames", help="a file of class names, one per line (default: the dataset's)")
-    add("--templates", help="a file of zero-shot templates with {c}, one per line (default: the dataset's)")
-    add(
-        "--features",
-        choices=["pooled", "projected"],
-        default="pooled",
-        help="linear_probe / few_shot features: the vision tower's pooled output, or the projected embedding",
-    )
-    add(
-        "--mean_per_class",
-        action="store_true",
-        help="score the linear probe by mean per-class accuracy (automatic for Aircraft, Pets, Caltech-101, Flowers)",
-    )
-    add("--max_iter", type=positive_int, default=1000, help="L-BFGS iterations per linear-probe fit")
-    add("--episodes", type=positive_int, default=5000)
-    add("--ways", type=positive_int, default=5, help="classes per few-shot episode (at least 2)")
-    add("--shots", type=positive_int, default=5)
-    add("--queries", type=positive_int, default=6, help="test images per class and episode (all if fewer)")
-    add("--seed", type=random_seed, default=0)
-    add("--batch_size", type=positive_int, default=64)
-    # image decoding workers; they are forked, which only Linux does by default
-    add("--num_workers", type=non_negative_int, default=2 if sys.platform == "linux" else 0)
+    add_eval_options(parser)
     add("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     add("--cache_dir", default=os.path.join(Path.home(), ".cache", "diffclip", "features"))
     add("--no_cache", action="store_true", help="always recompute features")

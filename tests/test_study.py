@@ -125,6 +125,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
         (["--variants", "diffclip", "diffclip-vision"], "the baseline 'clip' is not among --variants"),
         (["--seeds", "0", "0"], "must not repeat"),
         (["--eval_train_examples", "0"], "--eval_train_examples: 0 is below 1"),
+        (["--episodes", "0"], "--episodes: 0 is below 1"),  # evaluate.py's option, as evaluate.py checks it
         (["--seeds", "-1"], "--seeds: -1 is below 0"),
         (["--", "--seed", "4"], "--seed after -- would override what the study sets for each run"),
         (["--", "--output_dir=elsewhere"], "--output_dir after -- would override"),

@@ -10,11 +10,20 @@ from pathlib import Path
 PAPER_NAMES = {"clip": "CLIP", "diffclip": "DiffCLIP", "diffclip-vision": "DiffCLIP†", "diffclip-dynamic": "DiffCLIP*"}
 
 
-def format_number(value) -> str:
-    """Floats with 4 decimals; NaN and None as an empty cell; anything else as is."""
+def format_number(value, spread=None, decimals: int = 4, scale: float = 1.0) -> str:
+    """A float times `scale` with `decimals` decimals, "± spread" after it where a spread (a standard deviation, an
+    interval) is given; NaN and None as an empty cell; anything else as is. The one number format of the tables:
+    `format_number(0.5, 0.01)` is "0.5000 ± 0.0100", `format_number(0.5, decimals=1, scale=100)` "50.0"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{scale * value:.{decimals}f}" + ("" if spread is None else f" ± {scale * spread:.{decimals}f}")
+
+
+def format_difference(value: float, decimals: int = 4, scale: float = 1.0) -> str:
+    """A signed difference, "+0.0123"; one that rounds to zero is "+0.0000", never "-0.0000"."""
+    return f"{round(scale * value, decimals) + 0.0:+.{decimals}f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], cell: Callable = format_number) -> str:

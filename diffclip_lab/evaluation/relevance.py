@@ -8,6 +8,7 @@ token's row of R, over the patches, is the map. For DiffCLIP the maps A are the 
 CLIP the softmax maps.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..core.errors import UserError  # noqa: E402
+from ..core.images import UnreadableImage, read_image  # noqa: E402
+from ..core.loading import load_pretrained  # noqa: E402
 
 
 @dataclass
@@ -104,3 +107,28 @@ def draw(rows: list[tuple[str, list[Relevance]]], image: Image.Image, box, outpu
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120, bbox_inches="tight")
     plt.close(figure)
+
+
+def load_for_relevance(name: str, device: str, trust_remote_code: bool = False):
+    """(model, processor) ready for `relevance_map`: the maps exist in the eager path only, and float32 keeps their
+    gradients exact."""
+    model, processor = load_pretrained(name, trust_remote_code, attn_implementation="eager", dtype=torch.float32)
+    return model.to(device).eval(), processor
+
+
+def attention_figure(models: Iterable[tuple], image_path, queries: list[str], output: Path) -> list[list[Relevance]]:
+    """
+    The paper's Figure 2 for one image: each model's relevance map of each query (`relevance_map`), drawn one row
+    per model (`draw`) into `output`. `models` yields (label, model, processor), e.g. lazily, one model loaded at a
+    time; the crop box drawn is the first model's processor's. Returns the maps, one list per model.
+    """
+    try:
+        image = read_image(image_path)
+    except UnreadableImage as error:
+        raise UserError(f"cannot read the image {image_path}: {error}") from None
+    rows, box = [], None
+    for label, model, processor in models:
+        rows.append((label, [relevance_map(model, processor, image, query) for query in queries]))
+        box = box or centre_crop_box(processor, image)
+    draw(rows, image, box, Path(output))
+    return [maps for _, maps in rows]

@@ -1,12 +1,15 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
 """Results of `evaluation.py` and `pope.py` side by side: the paper-style tables with differences to a baseline
 (Tables 1-2, and Table 3 for POPE), and its figures (grouped bars of each task's main metric, Figures 1 and 5; the
-MMVP-VLM radar, Figure 4; POPE's scores per split)."""
+MMVP-VLM radar, Figure 4; POPE's scores per split). compare.py (`compare`) and the study share the one `Row` type
+(each model's values per seed), the figures `bar_figure` and `radar_figure`, and core.formatting's numbers."""
 
 import json
 import math
 import re
+import statistics
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..core.errors import UserError  # noqa: E402
-from ..core.formatting import distinct_names, markdown_table  # noqa: E402
+from ..core.formatting import distinct_names, format_difference, format_number, markdown_table  # noqa: E402
 
 
 def load_records(paths: list[str]) -> list[dict]:
@@ -50,6 +53,32 @@ METRIC_LABELS = {
 STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", (0, (5, 1))), ("P", (0, (3, 1, 1, 1)))]
 
 
+@dataclass
+class Row:
+    """One metric of one task on one dataset, as the tables and figures show it: each model's values, one per seed
+    in seed order (compare.py's models are single runs: one value each; the study's are variants over seeds), and
+    the 95 % interval of a single value where its protocol gives one (few-shot)."""
+
+    task: str
+    dataset: str
+    metric: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, model: str) -> tuple[float | None, float | None]:
+        """(mean, spread) of a model's values: the spread is the standard deviation over seeds, or with one value
+        its interval; None where there is none. (None, None) where the model has no value."""
+        if model not in self.values:
+            return None, None
+        mean, std = mean_std(self.values[model])
+        return mean, self.intervals.get(model) if std is None else std
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (n − 1); None for one value, which has no spread."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
 def resolve_model(name: str, models: list[str]) -> str:
     """A model of the results named in full or by the short name the tables show (`distinct_names`)."""
     if name in models:
@@ -60,41 +89,43 @@ def resolve_model(name: str, models: list[str]) -> str:
     return short[name]
 
 
-def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list[tuple]]:
-    """(models, rows): each row (task, dataset, metric, {model: value}, {model: 95 % interval}), main metrics
-    first; bookkeeping left out."""
+def comparison_rows(records: list[dict], baseline: str) -> tuple[list[str], list[Row]]:
+    """(models, rows): the baseline first, then the others in the order of the records; one row per task, dataset
+    and metric, each model's value and 95 % interval, main metrics first; bookkeeping left out."""
     models = list(dict.fromkeys(record["model"] for record in records))
     baseline = resolve_model(baseline, models)
     models.remove(baseline)
     models.insert(0, baseline)
-    table, intervals = defaultdict(dict), defaultdict(dict)
-    main_metrics = {}
+    rows, main_metrics = {}, {}
     for record in records:
         key = (record["task"], record["dataset"])
         main_metrics[key] = record.get("main_metric")
         for metric, value in record["metrics"].items():
             if metric not in BOOKKEEPING and isinstance(value, (int, float)) and not isinstance(value, bool):
-                table[key + (metric,)][record["model"]] = float(value)
+                row = rows.setdefault(key + (metric,), Row(*key, metric))
+                row.values[record["model"]] = [float(value)]
                 if f"{metric}_ci95" in record["metrics"]:
-                    intervals[key + (metric,)][record["model"]] = record["metrics"][f"{metric}_ci95"]
-    rows = sorted(table, key=lambda row: (row[0], row[1], row[2] != main_metrics[row[:2]], _natural(row[2])))
-    return models, [(*row, table[row], intervals[row]) for row in rows]
+                    row.intervals[record["model"]] = record["metrics"][f"{metric}_ci95"]
+    order = sorted(rows, key=lambda key: (key[0], key[1], key[2] != main_metrics[key[:2]], _natural(key[2])))
+    return models, [rows[key] for key in order]
 
 
-def markdown(models: list[str], rows: list[tuple]) -> str:
+def markdown(models: list[str], rows: list[Row]) -> str:
     """The side-by-side table: one row per task, dataset and metric; each model's value (± its 95 % interval where
     there is one) and its difference to the baseline (the first model)."""
     baseline, others = models[0], models[1:]
     names = distinct_names(models)
-    datasets = distinct_names(list(dict.fromkeys(row[1] for row in rows)))
+    datasets = distinct_names(list(dict.fromkeys(row.dataset for row in rows)))
     header = ["task", "dataset", "metric", *(names[m] for m in models), *(f"Δ {names[m]}" for m in others)]
     table = []
-    for task, dataset, metric, values, intervals in rows:
-        cells = [task, datasets[dataset], metric]
-        cells += [_value(values.get(m), intervals.get(m)) for m in models]
-        cells += [f"{values[m] - values[baseline]:+.4f}" if m in values and baseline in values else "" for m in others]
+    for row in rows:
+        base = row.summary(baseline)[0]
+        cells = [row.task, datasets[row.dataset], row.metric, *(format_number(*row.summary(m)) for m in models)]
+        cells += [
+            format_difference(row.summary(m)[0] - base) if m in row.values and base is not None else "" for m in others
+        ]
         table.append(cells)
-    return markdown_table(header, table)
+    return markdown_table(header, table, cell=str)
 
 
 def _natural(name: str) -> list:
@@ -102,10 +133,22 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _value(value: float | None, interval: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" + ("" if interval is None else f" ± {interval:.4f}")
+def compare(records: list[dict], baseline: str, plot_dir: Path) -> tuple[str, list[Path]]:
+    """What examples/compare.py prints and draws: the side-by-side table (and POPE's, when there are POPE results),
+    and the figures in `plot_dir`: each task's bars, the MMVP radar, POPE's bars."""
+    models, rows = comparison_rows(records, baseline)
+    table = markdown(models, rows)
+    if (pope := pope_table(records, models[0])) is not None:
+        table += f"\n\nPOPE (%), difference to {models[0]} in parentheses\n\n{pope}"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    figures = bar_plots(rows, models, plot_dir)
+    for figure in (radar_plot(rows, models, plot_dir), pope_bar_plot(records, models[0], plot_dir)):
+        if figure is not None:
+            figures.append(figure)
+    return table, figures
+
+
+# ------------------------------------------------------------------------------------------------------ figures
 
 
 def bars(axes, positions, values, width, errors=None, label_format=None, upright=False, **style):
@@ -133,84 +176,123 @@ def bars(axes, positions, values, width, errors=None, label_format=None, upright
     return container
 
 
-def bar_plots(records: list[dict], models: list[str], plot_dir: Path) -> list[Path]:
-    """Per task, the main metric of every model on every dataset as grouped bars, with 95 % intervals where the
-    protocol gives them (few-shot). POPE has its own figure (`pope_bar_plot`)."""
-    written, names = [], distinct_names(models)
-    for task in sorted({record["task"] for record in records if record["task"] not in ("mmvp", "pope")}):
-        values, errors = defaultdict(dict), defaultdict(dict)
-        task_records = [record for record in records if record["task"] == task]
-        dataset_names = distinct_names([record["dataset"] for record in task_records])
-        for record in task_records:
-            dataset, metric = dataset_names[record["dataset"]], record["main_metric"]
-            values[dataset][record["model"]] = record["metrics"][metric]
-            errors[dataset][record["model"]] = record["metrics"].get(f"{metric}_ci95")
-        metrics = {record["main_metric"] for record in task_records}
-        datasets = sorted(values)
-        width = 0.8 / len(models)
-        # wider with more bars, up to a page; many narrow bars get upright labels and colours that do not repeat
-        crowded = len(models) > 4
-        figure, axes = plt.subplots(figsize=(min(16.0, max(4.5, 1.2 * len(datasets) * len(models))), 3.8))
-        colours = plt.get_cmap("tab20").colors if len(models) > 10 else [None] * len(models)
-        for index, model in enumerate(models):
-            positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(datasets))]
-            heights, spread = [values[d].get(model) for d in datasets], [errors[d].get(model) for d in datasets]
-            bars(
-                axes,
-                positions,
-                heights,
-                width,
-                spread,
-                "%.3f",
-                crowded,
-                label=names[model],
-                color=colours[index % len(colours)],
+def bar_figure(
+    rows: list[Row],
+    models: list[str],
+    names: dict[str, str],
+    ticks: list[str],
+    path: Path,
+    title: str,
+    ylabel: str,
+    percent: bool = False,
+    label_format: str | None = None,
+) -> Path:
+    """
+    Grouped bars, one group per row (`ticks` their labels), one bar per model (`names` its legend label): the mean of
+    its values (×100 when `percent`), the error bar their spread (`Row.summary`: one standard deviation over seeds,
+    or a single value's interval; none without one); "n/a" where a model has no value. Value labels in
+    `label_format` when given. The figures of compare.py (one per task) and the study (Figures 1 and 5).
+    """
+    scale, width = 100.0 if percent else 1.0, 0.8 / len(models)
+    crowded = len(models) > 4  # narrow bars: upright labels, more room above them
+    # wider with more bars, up to what a page shows at a readable scale
+    figure, axes = plt.subplots(figsize=(min(16.0, max(6.0, 0.55 * len(rows) * len(models) + 1.5)), 4.2))
+    colours = plt.get_cmap("tab20").colors if len(models) > 10 else [None] * len(models)  # none repeats
+    highest = 0.0
+    for index, model in enumerate(models):
+        stats = [row.summary(model) for row in rows]
+        means = [None if mean is None else scale * mean for mean, _ in stats]
+        spread = [None if std is None else scale * std for _, std in stats]
+        highest = max([highest, *(m + (s or 0.0) for m, s in zip(means, spread, strict=True) if m is not None)])
+        positions = [x + (index - (len(models) - 1) / 2) * width for x in range(len(rows))]
+        style = {"capsize": 2, "label": names.get(model, model), "color": colours[index % len(colours)]}
+        bars(axes, positions, means, width, spread, label_format, crowded, **style)
+    axes.set_xticks(range(len(rows)), ticks, rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel(ylabel)
+    headroom = (1.4 if crowded else 1.2) if label_format else 1.05  # room for the labels above the bars
+    axes.set_ylim(0, scale * min(1.05 * headroom, max(0.05, headroom * highest / scale)))
+    axes.set_title(title, pad=12 + 12 * math.ceil(len(models) / 4))
+    # above the axes, where no bar reaches
+    axes.legend(fontsize=8, ncol=min(len(models), 4), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def radar_figure(rows: list[Row], models: list[str], names: dict[str, str], path: Path, title: str) -> Path:
+    """
+    Pair accuracy per MMVP property (the rows; an "average" row goes into the legend), one polygon per model (its
+    own marker and line style, so that equal scores stay visible): the mean over seeds, shaded one standard
+    deviation either side where there are several seeds. A property without a result is a gap in the polygon and
+    named in the legend, never a score of 0. compare.py's radar and the study's Figure 4.
+    """
+    average = next((row for row in rows if row.metric == "average"), None)
+    rows = [row for row in rows if row.metric != "average"]
+    angles = [2 * math.pi * i / len(rows) for i in range(len(rows))]
+    figure, axes = plt.subplots(figsize=(6.5, 6.5), subplot_kw={"projection": "polar"})
+    shown = [model for model in models if any(model in row.values for row in rows)]
+    for index, model in enumerate(shown):
+        stats = [row.summary(model) if model in row.values else (math.nan, None) for row in rows]
+        means = [100 * mean for mean, _ in stats]
+        notes = []
+        if average is not None and model in average.values:
+            notes.append(f"average {format_number(*average.summary(model), decimals=1, scale=100)} %")
+        if missing := [row.metric for row in rows if model not in row.values]:
+            notes.append(f"n/a: {', '.join(missing)}")
+        label = names.get(model, model) + (f" ({'; '.join(notes)})" if notes else "")
+        marker, line = STYLES[index % len(STYLES)]
+        (drawn,) = axes.plot(angles + angles[:1], means + means[:1], marker=marker, linestyle=line, label=label)
+        if all(std is not None for _, std in stats):  # one seed, or a gap: no spread to shade
+            lower = [max(0.0, m - 100 * s) for m, (_, s) in zip(means, stats, strict=True)]
+            upper = [min(100.0, m + 100 * s) for m, (_, s) in zip(means, stats, strict=True)]
+            axes.fill_between(
+                angles + angles[:1], lower + lower[:1], upper + upper[:1], alpha=0.15, color=drawn.get_color()
             )
-        axes.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
-        axes.set_ylabel(" / ".join(METRIC_LABELS.get(metric, metric) for metric in sorted(metrics)))
-        highest = max(max(v.values()) for v in values.values())
-        headroom = 1.4 if crowded else 1.2  # room for the labels above the bars
-        axes.set_ylim(0, min(1.12 * headroom / 1.2, max(0.05, headroom * highest)))
-        axes.set_title(task.replace("_", " ") + (" (bars: 95 % interval)" if task == "few_shot" else ""))
-        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(models), 4))
-        figure.tight_layout()
+    axes.set_xticks(angles, [row.metric.replace(" and ", " &\n") for row in rows], fontsize=8)
+    axes.set_ylim(0, 100)
+    axes.set_title(title, pad=18)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2 if len(shown) <= 6 else 1, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def bar_plots(rows: list[Row], models: list[str], plot_dir: Path) -> list[Path]:
+    """Per task, the main metric of every model on every dataset as grouped bars (`bar_figure`), with 95 %
+    intervals where the protocol gives them (few-shot); `rows` are `comparison_rows`', whose first row of a task
+    and dataset is its main metric. MMVP has its radar, POPE its own figure (`pope_bar_plot`)."""
+    written, names = [], distinct_names(models)
+    main = {}  # (task, dataset) -> its main metric's row
+    for row in rows:
+        main.setdefault((row.task, row.dataset), row)
+    for task in sorted({task for task, _ in main if task not in ("mmvp", "pope")}):
+        datasets = distinct_names([dataset for t, dataset in main if t == task])
+        shown = sorted(((datasets[d], row) for (t, d), row in main.items() if t == task), key=lambda item: item[0])
+        metrics = sorted({row.metric for _, row in shown})
+        title = task.replace("_", " ") + (" (bars: 95 % interval)" if task == "few_shot" else "")
+        ylabel = " / ".join(METRIC_LABELS.get(metric, metric) for metric in metrics)
+        ticks, task_rows = [name for name, _ in shown], [row for _, row in shown]
         path = plot_dir / f"{task}_bars.png"
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
+        written.append(bar_figure(task_rows, models, names, ticks, path, title, ylabel, label_format="%.3f"))
     return written
 
 
-def radar_plot(records: list[dict], models: list[str], plot_dir: Path) -> Path | None:
-    """MMVP-VLM pair accuracy per visual pattern, one polygon per model (its own marker and line style, so that
-    equal scores stay visible)."""
-    mmvp = {record["model"]: record["metrics"] for record in records if record["task"] == "mmvp"}
-    if not mmvp:
+def radar_plot(rows: list[Row], models: list[str], plot_dir: Path) -> Path | None:
+    """MMVP-VLM pair accuracy per visual pattern, one polygon per model (`radar_figure`); None without MMVP
+    results. Each model's latest MMVP result counts."""
+    latest = {}  # property -> Row of every model's latest result
+    for row in rows:
+        if row.task == "mmvp":
+            latest.setdefault(row.metric, Row("mmvp", "", row.metric)).values.update(row.values)
+    if not latest:
         return None
-    categories = sorted({c for metrics in mmvp.values() for c in metrics if c != "average"})
-    angles = [2 * math.pi * i / len(categories) for i in range(len(categories))] + [0.0]
-    figure, axes = plt.subplots(figsize=(6.5, 6.5), subplot_kw={"projection": "polar"})
-    names = distinct_names(models)
-    for index, model in enumerate(m for m in models if m in mmvp):
-        marker, line = STYLES[index % len(STYLES)]
-        # a pattern without a result is a gap in the polygon (NaN), not a score of 0
-        values = [100 * mmvp[model][c] if c in mmvp[model] else math.nan for c in categories]
-        missing = [c for c in categories if c not in mmvp[model]]
-        label = f"{names[model]} (average {100 * mmvp[model]['average']:.1f} %" + (
-            f"; n/a: {', '.join(missing)})" if missing else ")"
-        )
-        axes.plot(angles, values + values[:1], marker=marker, linestyle=line, linewidth=1.5, label=label)
-        if not missing:
-            axes.fill(angles, values + values[:1], alpha=0.1)
-    axes.set_xticks(angles[:-1], [c.replace(" and ", " &\n") for c in categories], fontsize=7)
-    axes.set_ylim(0, 100)
-    axes.set_title("MMVP-VLM pair accuracy (%)")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8)
-    figure.tight_layout()
-    path = plot_dir / "mmvp_radar.png"
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    properties = sorted(metric for metric in latest if metric != "average") + ["average"]
+    shown = [latest[metric] for metric in properties if metric in latest]
+    path, title = plot_dir / "mmvp_radar.png", "MMVP-VLM pair accuracy (%)"
+    return radar_figure(shown, models, distinct_names(models), path, title)
 
 
 # ------------------------------------------------------------------------------------------------------ POPE
@@ -273,9 +355,9 @@ def pope_table(records: list[dict], baseline: str) -> str | None:
                 if model not in values:
                     cells.append("")
                     continue
-                cell = f"{values[model]:.2f}"
+                cell = format_number(values[model], decimals=2)
                 if model != models[0] and models[0] in values:
-                    cell += f" ({round(values[model], 2) - round(values[models[0]], 2):+.2f})"
+                    cell += f" ({format_difference(round(values[model], 2) - round(values[models[0]], 2), 2)})"
                 cells.append(cell)
             rows.append(cells)
     return markdown_table(["split", "metric", *(names[m] for m in models)], rows, cell=str)

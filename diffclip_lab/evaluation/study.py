@@ -11,30 +11,35 @@ The paper's study at any scale (`examples/study.py`): its runs, its held-out dat
 - Results: one `evaluation.py` record per run and evaluation, in `<study>/results/<run>/<evaluation>.json`, with the
   run's variant and seed; `summarize` gathers them into mean ± standard deviation over seeds.
 - Report: the paper's Tables 1 and 2 and the MMVP table with each variant's difference to the baseline, marked when
-  it is smaller than the seed spread; Figures 1, 4 and 5 (`figure_*`), and `results_markdown`.
+  it is smaller than the seed spread; Figures 1, 4 and 5 (`figure_*`, drawn by `reports`), Figure 2 (`relevance`),
+  compare.py's table and figures of every run (`reports.compare`), all in `results.md` (`report`).
+- Running: `run_study` does every step in turn (`pretrain`, which launches pretrain.py; `evaluate_runs`;
+  `compare_runs`; `attention_maps`; `report`), skipping what is done, or with --dry_run prints the commands each
+  step equals.
 """
 
 import csv
+import importlib.util
 import json
-import math
+import logging
+import os
 import random
-import statistics
+import shlex
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import datasets
-import matplotlib
 
+from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS  # noqa: E402
-
-from ..core.errors import UserError  # noqa: E402
-from ..core.files import atomic_directory, atomic_write_text  # noqa: E402
-from ..core.formatting import PAPER_NAMES, markdown_table  # noqa: E402
+from ..core.errors import UserError
+from ..core.files import atomic_directory, atomic_write_text
+from ..core.formatting import PAPER_NAMES, format_difference, format_number, markdown_table
 from ..demo.shapes import (
     CLASSNAMES,
     COLORS,
@@ -46,7 +51,12 @@ from ..demo.shapes import (
     render_objects,
     render_pair,
 )
-from .reports import STYLES, bars  # noqa: E402
+from .relevance import attention_figure, load_for_relevance
+from .reports import Row, bar_figure, compare, load_records, mean_std, radar_figure
+from .tasks import DualEncoder, EvalOptions, FeatureCache, evaluate
+
+
+logger = logging.getLogger(__name__)
 
 
 VARIANTS = tuple(VARIANT_CONFIGS)  # clip, diffclip, diffclip-vision, diffclip-dynamic
@@ -245,16 +255,6 @@ def _short_names(datasets_: list[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------------ results
 
 
-@dataclass
-class Row:
-    """One metric of one evaluation: every variant's values over the seeds."""
-
-    task: str
-    dataset: str
-    metric: str
-    values: dict[str, list[float]]  # variant -> one value per seed, in seed order
-
-
 def load_results(results_dir: Path) -> list[dict]:
     """Every record the study wrote, each with its `study` entry (variant, seed, evaluation)."""
     records = []
@@ -267,8 +267,9 @@ def load_results(results_dir: Path) -> list[dict]:
 
 
 def summarize(records: list[dict], metrics: dict[str, list[str]]) -> list[Row]:
-    """The rows of `metrics` (task -> metric names; "*" for all of a record's numbers, "average" last): tasks in the
-    order of `metrics`, each task's rows in the order the records give them, values in seed order."""
+    """The rows of `metrics` (task -> metric names; "*" for all of a record's numbers, "average" last), each
+    variant's values over the seeds: tasks in the order of `metrics`, each task's rows in the order the records
+    give them, values in seed order."""
     rows: dict[tuple, dict[str, dict[int, float]]] = {}
     for record in records:
         study = record["study"]
@@ -288,11 +289,6 @@ def summarize(records: list[dict], metrics: dict[str, list[str]]) -> list[Row]:
     ]
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """The mean and the sample standard deviation (n − 1); None for one value, which has no spread."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def difference(values: list[float], baseline: list[float]) -> tuple[float, bool]:
     """A variant's mean minus the baseline's, and whether it exceeds the seed spread: |Δ| > sd + sd_baseline
     (the two mean ± sd intervals do not overlap). With a single seed there is no spread and no difference counts."""
@@ -303,14 +299,13 @@ def difference(values: list[float], baseline: list[float]) -> tuple[float, bool]
 
 
 def _percent(values: list[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+    """Mean ± sd over the seeds, in %."""
+    return format_number(*mean_std(values), decimals=1, scale=100)
 
 
 def _delta(values: list[float], baseline: list[float]) -> str:
     delta, beyond = difference(values, baseline)
-    shown = f"{round(100 * delta, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
-    return shown if beyond else f"≈ {shown}"
+    return ("" if beyond else "≈ ") + format_difference(delta, decimals=1, scale=100)
 
 
 def variant_table(rows: list[Row], variants: list[str], baseline: str, column) -> str:
@@ -381,56 +376,268 @@ def compared_pair(variants: list[str], baseline: str) -> list[str]:
 
 
 def figure_bars(rows: list[Row], variants: list[str], path: Path, title: str) -> Path:
-    """Grouped bars, one group per task and dataset, one bar per variant: the mean over seeds, the error bar one
-    standard deviation (none with one seed); "n/a" where a variant has no result."""
-    width = 0.8 / len(variants)
-    # wider with more bars, up to what a page shows at a readable scale
-    figure, axes = plt.subplots(figsize=(min(14.0, max(6.0, 0.55 * len(rows) * len(variants) + 1.5)), 4.2))
-    for index, variant in enumerate(variants):
-        stats = [mean_std(r.values[variant]) if variant in r.values else (None, None) for r in rows]
-        positions = [x + (index - (len(variants) - 1) / 2) * width for x in range(len(rows))]
-        means = [None if mean is None else 100 * mean for mean, _ in stats]
-        spread = [None if std is None else 100 * std for _, std in stats]
-        bars(axes, positions, means, width, spread, capsize=2, label=PAPER_NAMES.get(variant, variant))
-    axes.set_xticks(
-        range(len(rows)), [describe(r).replace(" (", "\n(") for r in rows], rotation=35, ha="right", fontsize=7
-    )
-    axes.set_ylabel("score (%), mean ± sd over seeds")
-    axes.set_ylim(0, 105)
-    axes.set_title(title, pad=24)
-    # above the axes: bars reach 100 %
-    axes.legend(fontsize=8, ncol=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    """Figures 1 and 5: each variant's headline metrics, mean ± sd over the seeds in % (`reports.bar_figure`)."""
+    ticks = [describe(row).replace(" (", "\n(") for row in rows]
+    return bar_figure(rows, variants, PAPER_NAMES, ticks, path, title, "score (%), mean ± sd over seeds", percent=True)
 
 
 def figure_radar(rows: list[Row], variants: list[str], path: Path, title: str) -> Path:
-    """MMVP pair accuracy per property (the rows), one polygon per variant: the mean over seeds, shaded one standard
-    deviation either side (not with one seed)."""
-    angles = [2 * math.pi * i / len(rows) for i in range(len(rows))]
-    figure, axes = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
-    for index, variant in enumerate(v for v in variants if any(v in r.values for r in rows)):
-        # a property without a result is a gap in the polygon (NaN) and named in the legend, not a score of 0
-        stats = [mean_std(r.values[variant]) if variant in r.values else (math.nan, None) for r in rows]
-        means = [100 * mean for mean, _ in stats]
-        missing = [r.metric for r in rows if variant not in r.values]
-        marker, line = STYLES[index % len(STYLES)]
-        label = PAPER_NAMES.get(variant, variant) + (f" (n/a: {', '.join(missing)})" if missing else "")
-        (drawn,) = axes.plot(angles + angles[:1], means + means[:1], marker=marker, linestyle=line, label=label)
-        if all(std is not None for _, std in stats):  # one seed, or a gap: no spread to shade
-            lower = [max(0.0, m - 100 * d) for m, (_, d) in zip(means, stats, strict=True)]
-            upper = [min(100.0, m + 100 * d) for m, (_, d) in zip(means, stats, strict=True)]
-            axes.fill_between(
-                angles + angles[:1], lower + lower[:1], upper + upper[:1], alpha=0.15, color=drawn.get_color()
+    """Figure 4: MMVP pair accuracy per property, mean ± sd over the seeds (`reports.radar_figure`)."""
+    return radar_figure(rows, variants, PAPER_NAMES, path, title)
+
+
+# ------------------------------------------------------------------------------------------------------ running
+
+
+def script_path(scripts: Path, name: str) -> str:
+    """An example script's path as the printed commands show it: relative to the working directory."""
+    return os.path.relpath(scripts / name)
+
+
+# the pretrain.py options the study gives every run itself (`pretrain_arguments`; --dataset and --num_epochs too
+# when the study is given them)
+STUDY_SETS = (
+    "--variant",
+    "--seed",
+    "--output_dir",
+    "--resume_from_checkpoint",
+    "--checkpointing_steps",
+    "--overwrite",  # would delete a run the study continues
+)
+
+
+def check_pretrain_options(args, scripts: Path) -> None:
+    """pretrain.py's own check of a run's options (ranges, combinations), before the study writes or launches
+    anything: a bad option after -- stops here, with pretrain.py's message, not at the first launch."""
+    spec = importlib.util.spec_from_file_location("study_pretrain", scripts / "pretrain.py")
+    pretrain_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain_script)
+    for variant in args.variants:
+        run = StudyRun(variant, args.seeds[0], Path(args.output_dir) / "runs" / "check")
+        pretrain_script.parse_args(pretrain_arguments(args, run))
+
+
+def pretrain_command(args, run: StudyRun, scripts: Path) -> list[str]:
+    """`accelerate launch -q examples/pretrain.py` for one run (-q: a failed run shows its error, without the
+    launcher's traceback); it continues the run from its latest checkpoint."""
+    launch = ["accelerate", "launch", "-q"]
+    if args.config_file:
+        launch += ["--config_file", args.config_file]
+    if args.num_processes:
+        launch += ["--num_processes", str(args.num_processes)]
+    return [*launch, script_path(scripts, "pretrain.py"), *pretrain_arguments(args, run)]
+
+
+def pretrain_arguments(args, run: StudyRun) -> list[str]:
+    """pretrain.py's options for one run: the study's, then those given after --."""
+    script = ["--variant", run.variant, "--seed", str(run.seed)]
+    script += ["--output_dir", str(run.path), "--resume_from_checkpoint", "latest"]
+    script += ["--checkpointing_steps", str(args.checkpointing_steps)]
+    if args.dataset:
+        script += ["--dataset", args.dataset]
+    if args.num_epochs:
+        script += ["--num_epochs", str(args.num_epochs)]
+    return script + args.pretrain_args
+
+
+def pretrain(args, runs: list[StudyRun], timings_file: Path, scripts: Path) -> None:
+    """Each run not done yet, launched in turn; the time each took is added up in `timings_file`."""
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    for run in runs:
+        if run.done:
+            logger.info(f"{run.name}: trained already")
+            continue
+        command = pretrain_command(args, run, scripts)
+        print(shlex.join(command), flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        # the launcher of this Python, whatever the PATH holds
+        if subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *command[2:]]).returncode != 0:
+            raise UserError(
+                f"the pretraining of {run.name} failed (its log is above); fix the cause and rerun the same command: "
+                "the study continues from the run's last checkpoint."
             )
-    axes.set_xticks(angles, [r.metric for r in rows])
-    axes.set_ylim(0, 100)
-    axes.set_title(title, pad=18)
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(figure)
+        timings[run.name] = timings.get(run.name, 0.0) + time.perf_counter() - start
+        atomic_write_text(timings_file, json.dumps(timings, indent=2))
+
+
+def evaluate_runs(args, runs: list[StudyRun], evaluations: list[Evaluation], output: Path, scripts: Path) -> None:
+    """Every evaluation of every run not evaluated yet, each model loaded once; features cached in the study."""
+    cache = FeatureCache(output / "cache")
+    for run in runs:
+        todo = [e for e in evaluations if not (output / "results" / run.name / f"{e.name}.json").exists()]
+        script = script_path(scripts, "evaluate.py")
+        for evaluation in todo:
+            print(shlex.join(evaluation.command(script, str(run.path / "model"))), flush=True)
+        if args.dry_run or not todo:
+            continue
+        encoder = DualEncoder.from_pretrained(str(run.path / "model"), args.device, label=run.name)
+        for evaluation in todo:
+            options = EvalOptions(dataset=evaluation.dataset, **evaluation.options)
+            record = evaluate(encoder, evaluation.task, options, cache)
+            record["study"] = {"variant": run.variant, "seed": run.seed, "evaluation": evaluation.name}
+            record["study"]["label"] = evaluation.label
+            path = output / "results" / run.name / f"{evaluation.name}.json"
+            atomic_write_text(path, json.dumps(record, indent=2))
+
+
+def compare_runs(args, runs: list[StudyRun], output: Path, scripts: Path) -> None:
+    """What examples/compare.py gives for every run's results (`reports.compare`): each run side by side in
+    `compare/table.md`, its bar plots and radar beside it."""
+    baseline = next(run for run in runs if run.variant == args.baseline)
+    options = ["--baseline", str(baseline.path / "model"), "--plot_dir", str(output / "compare")]
+    pattern = shlex.quote(str(output / "results")) + "/*/*.json"  # as a shell expands it
+    print(f"python {shlex.quote(script_path(scripts, 'compare.py'))} {pattern} {shlex.join(options)}", flush=True)
+    if args.dry_run:
+        return
+    paths = [str(p) for run in runs for p in sorted((output / "results" / run.name).glob("*.json"))]
+    table, _ = compare(load_records(paths), str(baseline.path / "model"), output / "compare")
+    atomic_write_text(output / "compare" / "table.md", table + "\n")
+
+
+def attention_maps(args, runs: list[StudyRun], images: list[Path], output: Path, scripts: Path) -> list[Path]:
+    """Figure 2: the baseline's and DiffCLIP's first seed, the same queries on each image."""
+    models = [next(run for run in runs if run.variant == v) for v in compared_pair(args.variants, args.baseline)]
+    queries = args.query or list(ATTENTION_QUERIES)
+    figures = [output / "figures" / f"figure2_attention_{i + 1}.png" for i in range(len(images))]
+    if args.dry_run:
+        for image in images:
+            command = ["python", script_path(scripts, "attention_maps.py")]
+            command += [x for run in models for x in ("--model", str(run.path / "model"))]
+            command += ["--image", str(image), *(x for q in queries for x in ("--query", q))]
+            print(shlex.join(command), flush=True)
+        return figures
+    loaded = [
+        (f"{PAPER_NAMES[run.variant]} (seed {run.seed})", *load_for_relevance(str(run.path / "model"), args.device))
+        for run in models
+    ]
+    for image, figure in zip(images, figures, strict=True):
+        attention_figure(loaded, image, queries, figure)
+    return figures
+
+
+def code_version(scripts: Path) -> str:
+    """The commit of the checkout of `scripts`, and whether it had changes; "unknown" outside a git checkout."""
+    git = ["git", "-C", str(scripts)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"commit {commit.stdout.strip()}" + (" with uncommitted changes" if changes.stdout.strip() else "")
+
+
+def report(args, runs, output: Path, attention: list[Path], started: float, machine: dict, scripts: Path) -> Path:
+    """results.md: how the study was run (`machine`: `environment()`'s record), the paper's tables and figures,
+    and what the numbers support."""
+    records = load_results(output / "results")
+    wanted = {(run.variant, run.seed) for run in runs}
+    records = [r for r in records if (r["study"]["variant"], r["study"]["seed"]) in wanted]
+    variants, baseline = args.variants, args.baseline
+    headline = summarize(records, HEADLINE)
+    figures = output / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    table1 = [r for r in headline if r.task in ("linear_probe", "few_shot")]
+    table2 = summarize(
+        records, {"retrieval": ["text_retrieval_recall@5", "image_retrieval_recall@5"], "zeroshot": ["acc1"]}
+    )
+    mmvp = [r for r in summarize(records, {"mmvp": ["*"]}) if r.metric != "average"]
+    shown = compared_pair(variants, baseline)
+    figure1 = figure_bars(headline, shown, figures / "figure1_clip_vs_diffclip.png", "CLIP vs DiffCLIP across tasks")
+    figure5 = figure_bars(headline, variants, figures / "figure5_variants.png", "The variants across tasks")
+    radar_title = "MMVP-style pair accuracy (%), shaded ± 1 sd"
+    figure4 = figure_radar(mmvp, variants, figures / "figure4_mmvp_radar.png", radar_title) if mmvp else None
+
+    timings_file = output / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    found = findings(headline + mmvp, variants, baseline)
+    seeds = ", ".join(map(str, args.seeds))
+    lines = [
+        "# DiffCLIP study: " + ", ".join(PAPER_NAMES[v] for v in variants) + f", seeds {seeds}",
+        "",
+        f"- date: {datetime.now().astimezone().date().isoformat()}",
+        f"- machine: {machine['cpu']} ({machine['cpu_threads']} threads), {machine['device']}; "
+        f"torch {machine['torch']}, transformers {machine['transformers']}; code: {code_version(scripts)}",
+        "- command: `python examples/study.py " + shlex.join(args.command) + "`",
+        f"- pretraining: {args.dataset or 'the demo captioned shapes'}; "
+        + (f"{args.num_epochs} epochs per run" if args.num_epochs else "pretrain.py's options")
+        + (f", `{shlex.join(args.pretrain_args)}`" if args.pretrain_args else ""),
+        f"- time: pretraining {sum(timings.values()) / 60:.1f} min over {len(timings)} runs; this invocation "
+        f"{(time.perf_counter() - started) / 60:.1f} min in all",
+        "",
+        "Every number is the mean ± sample standard deviation over the seeds, in %. Δ is a variant's mean minus "
+        f"{PAPER_NAMES[baseline]}'s; **≈** marks a difference no larger than the seed spread "
+        "(|Δ| ≤ sd + sd of the baseline: the two mean ± sd intervals overlap), which this study does not count as "
+        "a difference. With one seed there is no spread and every Δ is marked. With a few seeds this is a screen, "
+        "not a significance test: a difference beyond the spread is worth a larger study, not a conclusion.",
+        "",
+        "## Differences beyond the seed spread",
+        "",
+        *([f"- {line}" for line in found] or ["- None: no difference between the variants exceeds the seed spread."]),
+        "",
+    ]
+    if table1:
+        lines += ["## Table 1: linear probe and few-shot (top-1 %)", ""]
+        for task, title in (("linear_probe", "Linear probe"), ("few_shot", "Few-shot (5-way 5-shot)")):
+            rows = [r for r in table1 if r.task == task]
+            if rows:
+                lines += [f"**{title}**", "", variant_table(rows, variants, baseline, lambda r: r.dataset), ""]
+    if table2:
+        lines += ["## Table 2: retrieval (R@5 %) and zero-shot (top-1 %)", ""]
+        lines += [variant_table(table2, variants, baseline, describe), ""]
+    if mmvp:
+        lines += ["## MMVP-style pairs (pair accuracy %, chance 25)", ""]
+        mmvp_rows = mmvp + [r for r in headline if r.task == "mmvp"]
+        lines += [variant_table(mmvp_rows, variants, baseline, lambda r: r.metric), ""]
+    lines += ["## Figures", ""]
+    for title, path in (
+        ("Figure 1: CLIP vs DiffCLIP across tasks", figure1),
+        ("Figure 4: MMVP-style pairs by property", figure4),
+        ("Figure 5: the four variants across tasks", figure5),
+        *((f"Figure 2: attention maps, image {i + 1}", p) for i, p in enumerate(attention)),
+    ):
+        if path is not None:
+            lines += [f"**{title}**", "", f"![{title}]({path.relative_to(output).as_posix()})", ""]
+    lines += [
+        "Figure 2 shows the text-conditioned relevance (Chefer et al., 2021) of the first seed's models: where each "
+        "looks when it matches the query.",
+        "",
+        "Every run side by side, with all metrics: [compare/table.md](compare/table.md). The runs are in `runs/`, "
+        "each evaluation's record in `results/<run>/`.",
+        "",
+    ]
+    path = output / "results.md"
+    atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def run_study(args, scripts: Path, machine: dict, started: float) -> Path | None:
+    """The whole study of `args` (examples/study.py's options; `scripts` the folder of pretrain.py and the scripts
+    whose equivalent commands are printed): the held-out data, every run, every evaluation, the comparison, the
+    attention maps and `results.md`, each step skipping what is done. Returns results.md's path; None on a dry run."""
+    output = Path(args.output_dir)
+    runs = study_runs(output, args.variants, args.seeds)
+    protocol = {key: getattr(args, key) for key in ("split", "train_split", "episodes", "max_iter")}
+    if args.dataset or args.eval_dataset or args.retrieval_dataset or args.mmvp_dataset:
+        evaluations = user_evaluations(args.eval_dataset, args.retrieval_dataset, args.mmvp_dataset, protocol)
+        images = [Path(p) for p in args.attention_image]
+    else:
+        data = output / "data"
+        if not args.dry_run:
+            write_eval_data(data, args.eval_train_examples, args.eval_test_examples, args.mmvp_pairs)
+        evaluations = shapes_evaluations(data, protocol)
+        images = (
+            [Path(p) for p in args.attention_image]
+            or sorted(data.glob("scenes/*.png"))
+            or [data / "scenes" / f"scene-{i + 1}.png" for i in range(len(ATTENTION_SCENES))]
+        )
+    pretrain(args, runs, output / "timings.json", scripts)
+    evaluate_runs(args, runs, evaluations, output, scripts)
+    compare_runs(args, runs, output, scripts)
+    attention = attention_maps(args, runs, images, output, scripts) if images else []
+    if args.dry_run:
+        return None
+    return report(args, runs, output, attention, started, machine, scripts)

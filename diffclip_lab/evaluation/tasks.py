@@ -9,7 +9,8 @@ DiffCLIP and its ablations, Transformers CLIP, SigLIP. Datasets: the layouts of 
 
 import hashlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers.utils import cached_file
 
+from ..core.cli import non_negative_int, positive_int, random_seed
 from ..core.errors import UserError
 from ..core.files import atomic_file
 from ..core.formatting import markdown_table
@@ -82,6 +84,45 @@ class EvalOptions:
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
+
+
+# evaluate.py's option for each `EvalOptions` field: how the command line gives it (the checked type) and what it does;
+# the default is the field's unless given here
+EVAL_OPTION_ARGUMENTS = {
+    "split": {"help": "the split scored (zeroshot, retrieval) or tested (linear_probe, few_shot)"},
+    "train_split": {"help": "the linear probe's and few-shot's training split"},
+    "validation_split": {"help": "linear_probe validation split (default: the dataset's, else 20%% of train)"},
+    "label_column": {},
+    "caption_column": {},
+    "classnames": {"help": "a file of class names, one per line (default: the dataset's)"},
+    "templates": {"help": "a file of zero-shot templates with {c}, one per line (default: the dataset's)"},
+    "features": {
+        "choices": ["pooled", "projected"],
+        "help": "linear_probe / few_shot features: the vision tower's pooled output, or the projected embedding",
+    },
+    "mean_per_class": {
+        "action": "store_true",
+        "help": "score the linear probe by mean per-class accuracy (automatic for Aircraft, Pets, Caltech-101, "
+        "Flowers)",
+    },
+    "max_iter": {"type": positive_int, "help": "L-BFGS iterations per linear-probe fit"},
+    "episodes": {"type": positive_int, "help": "few-shot episodes per evaluation"},
+    "ways": {"type": positive_int, "help": "classes per few-shot episode (at least 2)"},
+    "shots": {"type": positive_int},
+    "queries": {"type": positive_int, "help": "test images per class and episode (all if fewer)"},
+    "seed": {"type": random_seed},
+    "batch_size": {"type": positive_int},
+    # image decoding workers; they are forked, which only Linux does by default
+    "num_workers": {"type": non_negative_int, "default": 2 if sys.platform == "linux" else 0},
+}
+
+
+def add_eval_options(parser, names=tuple(EVAL_OPTION_ARGUMENTS)) -> None:
+    """Adds the evaluation options `names` (`EvalOptions` fields; all by default) to `parser`, as `--name` with
+    their checked types and the protocols' defaults: evaluate.py takes them all, the study those it sets."""
+    defaults = {field.name: field.default for field in fields(EvalOptions)}
+    for name in names:
+        parser.add_argument(f"--{name}", **{"default": defaults[name], **EVAL_OPTION_ARGUMENTS[name]})
 
 
 class DualEncoder:
