@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 import modeling_diffclip  # noqa: F401  (registers DiffCLIP with the Auto classes)
-from diffclip_lab.benchmarking.harness import environment
 from diffclip_lab.core.cli import ArgumentParser, device, positive_int, random_seed, run_main, setup_logging
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import atomic_write_text
 from diffclip_lab.core.formatting import PAPER_NAMES
 from diffclip_lab.core.images import UnreadableImage, read_image
 from diffclip_lab.core.loading import load_pretrained
+from diffclip_lab.core.provenance import environment
 from diffclip_lab.evaluation import study
 from diffclip_lab.evaluation.relevance import centre_crop_box, draw, relevance_map
 from diffclip_lab.evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, evaluate
