@@ -19,17 +19,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from diffclip_lab.benchmarking.harness import (
-    cell,
-    environment,
-    mebibytes,
-    peak_memory,
-    spread,
-    time_interleaved,
-    write_json,
-)
+from diffclip_lab.benchmarking.harness import mebibytes, peak_memory, spread, time_interleaved
 from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
 from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import write_json
+from diffclip_lab.core.formatting import format_measurement
+from diffclip_lab.core.provenance import environment
 from diffclip_lab.training.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
 from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
@@ -112,10 +107,9 @@ def main(argv=None) -> int:
                 "peak_mib": mebibytes(peak_memory(step, "cpu")),
             }
             payload["results"].append(record)
-            print(
-                f"| {shape} | {global_batch} | {micro_batches} | {way} | {cell(record['seconds']['median'])} | "
-                f"{cell(record['vs_one_batch'])} | {cell(record['peak_mib'])} |"
-            )
+            cells = [shape, global_batch, micro_batches, way, record["seconds"]["median"]]
+            cells += [record["vs_one_batch"], record["peak_mib"]]
+            print("| " + " | ".join(map(format_measurement, cells)) + " |")
     write_json(args.output, payload)
     return 0
 

@@ -12,16 +12,16 @@ DiffCLIPAttention's (see docs/performance.md), timed on the attention core alone
 Prints Markdown tables; `--output` writes them as JSON (keys documented in docs/performance.md).
 """
 
-import sys
-
 import torch
 import torch.nn.functional as F
 from transformers import CLIPTextConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.models.clip.modeling_clip import CLIPAttention
 
-from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable
 from diffclip_lab.conversion.official import causal_mask, reference_from
+from diffclip_lab.core.cli import run_main
+from diffclip_lab.core.files import write_json
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPTextConfig
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
 
@@ -311,4 +311,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -39,10 +39,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffclip_lab.benchmarking.harness import cell, environment, spread, write_json
+from diffclip_lab.benchmarking.harness import spread
 from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
 from diffclip_lab.core.errors import UserError
-from diffclip_lab.core.formatting import markdown_table
+from diffclip_lab.core.files import write_json
+from diffclip_lab.core.formatting import format_measurement, markdown_table
+from diffclip_lab.core.provenance import environment
 from diffclip_lab.training.data import (
     ExampleEncoder,
     ImageTransform,
@@ -424,10 +426,10 @@ def main(argv=None) -> int:
         "workers_needed": needs,
         "draft_difference": differences,
     }
-    print(markdown_table(RESULT_HEADERS, [result_row(result) for result in results], cell))
-    print("\n" + markdown_table(NEED_HEADERS, [need_row(need) for need in needs], cell))
+    print(markdown_table(RESULT_HEADERS, [result_row(result) for result in results], format_measurement))
+    print("\n" + markdown_table(NEED_HEADERS, [need_row(need) for need in needs], format_measurement))
     rows = [difference_row(d, sizes[d["shards"]]) for d in differences if d["images"]]
-    print("\n" + markdown_table(DIFFERENCE_HEADERS, rows, cell), flush=True)
+    print("\n" + markdown_table(DIFFERENCE_HEADERS, rows, format_measurement), flush=True)
     write_json(args.output, payload)
     return 0
 

@@ -22,9 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from diffclip_lab.benchmarking.harness import environment, write_json
 from diffclip_lab.core.cli import ArgumentParser, random_seed, run_main
 from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import write_json
+from diffclip_lab.core.provenance import environment
 
 
 PRETRAIN = Path(__file__).resolve().parent.parent / "examples" / "pretrain.py"

@@ -19,13 +19,14 @@ pre-encoder LayerNorm and bias-free patch embedding. Prints Markdown tables; `--
 """
 
 import copy
-import sys
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable, write_json
+from diffclip_lab.benchmarking.harness import new_payload, parse_args, run_shape, trainable
 from diffclip_lab.conversion.official import reference_from
+from diffclip_lab.core.cli import run_main
+from diffclip_lab.core.files import write_json
 from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
@@ -182,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -27,7 +27,6 @@ docs/performance.md).
 
 import argparse
 import copy
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -38,10 +37,12 @@ import onnxruntime
 import onnxscript
 import torch
 
-from diffclip_lab.benchmarking.harness import cell, environment, paired_ratio, spread, time_interleaved, write_json
+from diffclip_lab.benchmarking.harness import add_timing_arguments, paired_ratio, spread, time_interleaved
 from diffclip_lab.conversion.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
-from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int
-from diffclip_lab.core.formatting import markdown_table
+from diffclip_lab.core.cli import ArgumentParser, positive_int, run_main
+from diffclip_lab.core.files import write_json
+from diffclip_lab.core.formatting import format_measurement, markdown_table
+from diffclip_lab.core.provenance import environment
 from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
@@ -61,16 +62,10 @@ HEADERS = ["encoder", "candidate", "median ms", "IQR ms", "samples/s", "speed-up
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
-    parser.add_argument("--batch_size", type=positive_int, help="images and captions per call (default: 8, tiny 32)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
-    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
+    add_timing_arguments(parser, SHAPES, "images and captions per call (default: 8, tiny 32)")
     parser.add_argument("--candidates", nargs="+", choices=tuple(CANDIDATES), default=DEFAULT_CANDIDATES)
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset of the exported graphs")
-    parser.add_argument("--output", type=Path, help="write the results as JSON to this file")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error("--repeats and --batch_size must be at least 1, --warmup at least 0.")
     if "pytorch" not in args.candidates:
         parser.error("--candidates must include pytorch, the reference of the speed-ups and differences.")
     return args
@@ -181,7 +176,7 @@ def main(argv=None) -> int:
                     payload["results"].append(record)
                     rows.append(result_row(record))
         print(f"\n### {shape_name}: batch {batch_size}, CPU, {torch.get_num_threads()} threads\n")
-        print(markdown_table(HEADERS, rows, cell=cell), flush=True)
+        print(markdown_table(HEADERS, rows, cell=format_measurement), flush=True)
     write_json(args.output, payload)
     return 0
 
@@ -200,4 +195,4 @@ def result_row(record: dict) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

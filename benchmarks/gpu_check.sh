@@ -11,7 +11,8 @@
 # docs/performance.md) and OUTPUT_DIR/logs/<step>.log. Each step has a time limit; a step that fails is recorded
 # with the end of its log, and the next one runs. Exit status: 0 when every step passed, 1 otherwise or without a
 # CUDA GPU (one line, at once), 2 for a wrong argument. The steps, their options and limits are in
-# benchmarks/gpu_check.py (`plan_steps`); this script only runs them. PYTHON picks the interpreter (default python3).
+# diffclip_lab/benchmarking/gpu_plan.py (`plan_steps`), which benchmarks/gpu_check.py's plan command prints; this
+# script only runs them. PYTHON picks the interpreter (default python3).
 
 set -uo pipefail
 
@@ -38,7 +39,7 @@ fi
 # The checkout's packages whether installed or not; nothing from the network (a GPU machine may have none).
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-kill_after=5 # seconds between a step's TERM and KILL; gpu_check.py counts it in the 8 minutes
+kill_after=5 # seconds between a step's TERM and KILL; gpu_plan.py counts it in the 8 minutes
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX") || exit 1
 plan_options=()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from diffclip_lab.benchmarking.harness import environment
 from diffclip_lab.core.cli import ArgumentParser, device, positive_int, random_seed, run_main, setup_logging
+from diffclip_lab.core.provenance import environment
 from diffclip_lab.evaluation import study
 from diffclip_lab.evaluation.tasks import add_eval_options
 

@@ -11,6 +11,7 @@ from transformers.masking_utils import create_causal_mask
 from diffclip_lab.benchmarking.harness import peak_memory, randomise
 from diffclip_lab.conversion.official import reference_from, to_official_state_dict
 from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import write_json
 from modeling_diffclip import DiffCLIPAttention, DiffCLIPConfig, DiffCLIPModel, DiffCLIPVisionConfig
 
 
@@ -225,11 +226,36 @@ def test_bench_accumulation_runs_and_writes_json(tmp_path):
     assert all(r["seconds"]["median"] > 0 and r["peak_mib"] > 0 for r in results.values())
 
 
-def test_benchmark_options_are_checked():
-    with pytest.raises(SystemExit):
-        bench_model.main(["--shapes", "vit-b-99"])
-    with pytest.raises(SystemExit):
-        bench_attention.main(["--repeats", "0"])
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("bench_model", ["--shapes", "vit-b-99"], "argument --shapes: invalid choice: 'vit-b-99'"),
+        ("bench_model", ["--device", "cuda"], "--device cuda: torch.cuda.is_available() is False on this machine."),
+        ("bench_attention", ["--repeats", "0"], "argument --repeats: 0 is below 1"),
+        ("bench_attention", ["--batch_size", "x"], "argument --batch_size: 'x' is not a whole number"),
+        ("bench_onnx", ["--warmup", "-1"], "argument --warmup: -1 is below 0"),
+        ("bench_onnx", ["--candidates", "onnxruntime"], "--candidates must include pytorch"),
+    ],
+)
+def test_a_wrong_benchmark_option_is_one_line(script, argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        load_script(f"benchmarks/{script}.py").main(argv)
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert ": error: " in line
+    assert message in line
+
+
+def test_write_json_writes_valid_json(tmp_path):
+    """NaN and infinities, which JSON lacks, become strings (`json.loads` with Python's default would accept NaN)."""
+    path = tmp_path / "results.json"
+    write_json(path, {"median": float("nan"), "ratios": [float("inf"), -float("inf"), 1.5], "none": None})
+    strict = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert strict == {"median": "nan", "ratios": ["inf", "-inf", 1.5], "none": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
+    write_json(None, {"ignored": True})  # no --output: nothing written
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 bench_demo = load_script("benchmarks/bench_demo.py")

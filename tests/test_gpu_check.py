@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, load_script
 
+from diffclip_lab.benchmarking import gpu_backends, gpu_plan, gpu_report
 from diffclip_lab.training.recipes import PRETRAINING_RECIPES
 from diffclip_lab.training.runs import BatchPlan
 from modeling_diffclip.modeling_diffclip import DifferentialNorm
@@ -73,12 +74,12 @@ def test_an_output_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
 
 
 def test_check_output_dir(tmp_path):
-    with pytest.raises(gpu_check.UsageError, match="not an output folder"):
-        gpu_check.check_output_dir("-o")
+    with pytest.raises(gpu_plan.UsageError, match="not an output folder"):
+        gpu_plan.check_output_dir("-o")
     (tmp_path / "file").write_text("")
-    with pytest.raises(gpu_check.UsageError, match="file is not a writable folder"):
-        gpu_check.check_output_dir(str(tmp_path / "file" / "out"))
-    assert gpu_check.check_output_dir("relative/new/folder") == Path("relative/new/folder")
+    with pytest.raises(gpu_plan.UsageError, match="file is not a writable folder"):
+        gpu_plan.check_output_dir(str(tmp_path / "file" / "out"))
+    assert gpu_plan.check_output_dir("relative/new/folder") == Path("relative/new/folder")
 
 
 def test_without_a_gpu_the_check_stops_at_once_in_one_line(tmp_path):
@@ -90,10 +91,53 @@ def test_without_a_gpu_the_check_stops_at_once_in_one_line(tmp_path):
     assert not scratch_folders(tmp_path)
 
 
-def test_backends_alone_refuses_a_machine_without_cuda(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main(["backends", "--output", str(tmp_path / "b.json")]) == 1
-    assert capsys.readouterr().err.strip() == "error: no CUDA GPU: torch.cuda.is_available() is False"
+def run_gpu_check(*args):
+    """`python benchmarks/gpu_check.py ARGS` as the shell script runs it; no GPU visible."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_backends_alone_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    result = run_gpu_check("backends", "--output", tmp_path / "b.json")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: no CUDA GPU: torch.cuda.is_available() is False"]
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backends", "--output", "b.json", "--backends", "fast"], "argument --backends: invalid choice: 'fast'"),
+        (["backends", "--output", "b.json", "--layer_batch", "0"], "argument --layer_batch: 0 is below 1"),
+        (["plan", "out"], "the following arguments are required: --work"),
+        (["check"], "argument command: invalid choice: 'check'"),
+    ],
+)
+def test_a_wrong_option_of_a_command_is_one_line(args, message):
+    result = run_gpu_check(*args)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert message in line
+    assert not (REPO_ROOT / "b.json").exists()
+
+
+def test_the_commands_import_no_torch_until_they_need_it():
+    """The plan reports a missing or broken torch in one line (it imports torch after checking it) and the report
+    has 20 seconds: loading gpu_check.py and the lab's GPU modules imports neither torch nor the model."""
+    code = (
+        "import runpy, sys; runpy.run_path('benchmarks/gpu_check.py'); "
+        "print(sorted(m for m in ('torch', 'transformers', 'modeling_diffclip') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # -------------------------------------------------------------------------------------------------------------- plan
@@ -101,7 +145,7 @@ def test_backends_alone_refuses_a_machine_without_cuda(tmp_path, capsys, monkeyp
 
 def test_every_step_parses_with_its_scripts_own_parser(tmp_path, monkeypatch):
     """The GPU plan's exact command lines, through bench_model's, pretrain's and gpu_check's parsers."""
-    steps = {step.name: step for step in gpu_check.plan_steps(tmp_path, gpu_memory_gib=139.8, cpu_count=16)}
+    steps = {step.name: step for step in gpu_plan.plan_steps(tmp_path, gpu_memory_gib=139.8, cpu_count=16)}
     assert list(steps) == ["backends", "pretrain", "pretrain_compile", "bench_model"]
     assert [step.group for step in steps.values()] == [1, 1, 1, 2]
     for step in steps.values():
@@ -133,19 +177,19 @@ def test_every_step_parses_with_its_scripts_own_parser(tmp_path, monkeypatch):
     assert not bench.compile
 
     demo = pretrain.parse_args(steps["pretrain"].args)
-    assert (demo.mixed_precision, demo.max_steps, demo.torch_compile) == ("bf16", gpu_check.DEMO_STEPS, False)
+    assert (demo.mixed_precision, demo.max_steps, demo.torch_compile) == ("bf16", gpu_plan.DEMO_STEPS, False)
     assert (demo.model_config, demo.per_device_batch_size, demo.dataset) == ("tiny", 128, None)
     assert demo.num_workers == 8
     assert demo.output_dir == str(tmp_path / "pretrain")
 
     compiled = pretrain.parse_args(steps["pretrain_compile"].args)
     assert (compiled.mixed_precision, compiled.torch_compile) == ("bf16", True)
-    assert compiled.max_steps == gpu_check.COMPILE_STEPS
+    assert compiled.max_steps == gpu_plan.COMPILE_STEPS
     assert compiled.logging_steps == 1
 
 
 def test_the_cpu_test_plan_parses_too(tmp_path):
-    for step in gpu_check.plan_steps(tmp_path, cpu_test=True):
+    for step in gpu_plan.plan_steps(tmp_path, cpu_test=True):
         if step.script == "examples/pretrain.py":
             pretrain.parse_args(step.args)
         elif step.script == "benchmarks/bench_model.py":
@@ -155,31 +199,31 @@ def test_the_cpu_test_plan_parses_too(tmp_path):
 
 
 def test_the_plan_fits_eight_minutes_and_runs_the_demo_schedule(tmp_path):
-    steps = gpu_check.plan_steps(tmp_path)
-    assert gpu_check.worst_case_seconds(steps) <= gpu_check.TOTAL_LIMIT_S == 8 * 60
+    steps = gpu_plan.plan_steps(tmp_path)
+    assert gpu_plan.worst_case_seconds(steps) <= gpu_plan.TOTAL_LIMIT_S == 8 * 60
     # the shell script's own limits are the ones counted
     script = SCRIPT.read_text()
-    assert f"kill_after={gpu_check.KILL_AFTER_S} " in script
-    assert f"--kill-after=$kill_after {gpu_check.PLAN_LIMIT_S} " in script
-    assert f"--kill-after=$kill_after {gpu_check.REPORT_LIMIT_S} " in script
+    assert f"kill_after={gpu_plan.KILL_AFTER_S} " in script
+    assert f"--kill-after=$kill_after {gpu_plan.PLAN_LIMIT_S} " in script
+    assert f"--kill-after=$kill_after {gpu_plan.REPORT_LIMIT_S} " in script
     # --max_steps DEMO_STEPS is the demo's own schedule (6 epochs), whose accuracy the README quotes
     demo = PRETRAINING_RECIPES["demo"]
     plan = BatchPlan.build(
         1, 1, demo["per_device_batch_size"], None, pretrain.DEMO_TRAIN_EXAMPLES, None, demo["num_epochs"], 0.1
     )
-    assert plan.max_steps == gpu_check.DEMO_STEPS
+    assert plan.max_steps == gpu_plan.DEMO_STEPS
 
 
 def test_missing_requirements_are_named():
     """The Transformers floor is the one pyproject.toml declares, not a copy that drifts from it."""
     floor = re.search(r'"transformers>=(\d+)\.(\d+)[,"]', (REPO_ROOT / "pyproject.toml").read_text())
     major, minor = map(int, floor.groups())
-    assert gpu_check.missing_requirements({"transformers": f"{major}.{minor}.0"}) == []
+    assert gpu_plan.missing_requirements(f"{major}.{minor}.0") == []
     below = f"{major}.{minor - 1}.9" if minor else f"{major - 1}.99.0"
-    assert gpu_check.missing_requirements({"transformers": below}) == [
+    assert gpu_plan.missing_requirements(below) == [
         f"transformers {below} is installed; this project needs >= {major}.{minor}"
     ]
-    assert gpu_check.missing_requirements({"transformers": None})[0].startswith("transformers None")
+    assert gpu_plan.missing_requirements(None)[0].startswith("transformers None")
 
 
 def test_bench_batch_follows_gpu_memory():
@@ -191,15 +235,15 @@ def test_bench_batch_follows_gpu_memory():
         return 35 * batch / 256 <= gib / 2
 
     cards = [tenths / 10 for tenths in range(80, 1600, 5)]  # 8 to 160 GiB
-    batches = [gpu_check.bench_batch_size(gib) for gib in cards]
+    batches = [gpu_plan.bench_batch_size(gib) for gib in cards]
     assert batches == sorted(batches)  # more memory, never a smaller batch
     for gib, batch in zip(cards, batches, strict=True):
         assert batch in (32, 64, 128, 256)
         assert fits(batch, gib) or batch == 32, gib
     for gib in (139.8, 79.2, 39.4, 23.6, 15.8):  # H200, H100, A100 40 GB, 24 GB and 16 GB cards as torch reports them
-        batch = gpu_check.bench_batch_size(gib)
+        batch = gpu_plan.bench_batch_size(gib)
         assert batch == 256 or not fits(2 * batch, gib), gib  # the largest batch that fits
-    assert gpu_check.bench_batch_size(None) == 256  # no GPU to size for: the plan as on a large card
+    assert gpu_plan.bench_batch_size(None) == 256  # no GPU to size for: the plan as on a large card
 
 
 def test_plan_records_the_environment_and_prints_the_steps(tmp_path, capsys):
@@ -217,7 +261,7 @@ def test_plan_records_the_environment_and_prints_the_steps(tmp_path, capsys):
     env = json.loads((work / "environment.json").read_text())
     assert env["device"] == "cpu"
     assert env["torch"] == torch.__version__
-    for key in ("python", "transformers", "accelerate", "torch_cuda", "git_commit"):
+    for key in ("python", "transformers", "modeling_diffclip", "accelerate", "torch_cuda", "git_commit", "cpu"):
         assert key in env
     settings = json.loads((work / "plan.json").read_text())
     assert settings["cpu_test"]
@@ -256,9 +300,9 @@ def test_backends_agree_with_eager_on_cpu(backends_json):
         errors = case["errors"]
         assert errors["param_count"] == (13 if case["target"] == "attention layer" else 97)
         if case["dtype"] == "float32":
-            assert max(errors[k] for k in gpu_check.FLOAT32_KEYS) < 1e-5, case
+            assert max(errors[k] for k in gpu_backends.FLOAT32_KEYS) < 1e-5, case
         else:
-            assert set(case["limits"]) == set(gpu_check.BFLOAT16_KEYS)
+            assert set(case["limits"]) == set(gpu_backends.BFLOAT16_KEYS)
             assert 1e-3 < case["errors_vs_eager_float32"]["output"] < 0.05
 
 
@@ -276,7 +320,7 @@ def test_the_fused_path_reaches_the_flash_kernel_on_cpu(backends_json):
         assert forced["MATH"]["ran"]
         assert not forced["EFFICIENT_ATTENTION"]["ran"]
         assert forced["EFFICIENT_ATTENTION"]["reason"]
-        limit = gpu_check.FLOAT32_LIMIT if record["dtype"] == "float32" else 0.05
+        limit = gpu_backends.FLOAT32_LIMIT if record["dtype"] == "float32" else 0.05
         assert forced["FLASH_ATTENTION"]["output_error"] < limit
 
 
@@ -284,9 +328,9 @@ def test_flash_backends_run_where_available_and_are_recorded_where_not(tmp_path,
     """On CPU the real FlashAttention backends are recorded as not run; a stand-in enforcing FlashAttention's contract
     (tests/flash_contract.py), in their place, runs in bfloat16 only, forward and backward, and passes."""
     name = flash_contract.register()
-    monkeypatch.setattr(gpu_check, "FLASH_BACKENDS", (*gpu_check.FLASH_BACKENDS, name))
-    real = gpu_check.flash_unavailable
-    monkeypatch.setattr(gpu_check, "flash_unavailable", lambda b, device: None if b == name else real(b, device))
+    monkeypatch.setattr(gpu_backends, "FLASH_BACKENDS", (*gpu_backends.FLASH_BACKENDS, name))
+    real = gpu_backends.flash_unavailable
+    monkeypatch.setattr(gpu_backends, "flash_unavailable", lambda b, device: None if b == name else real(b, device))
     path = tmp_path / "backends.json"
     argv = ["backends", "--output", str(path), "--allow_cpu", "--size", "tiny"]
     assert gpu_check.main([*argv, "--backends", "eager", "flash_attention_2", name]) == 0
@@ -302,7 +346,8 @@ def test_flash_backends_run_where_available_and_are_recorded_where_not(tmp_path,
     for case in flash:
         assert case["passed"], case
         assert case["mode"] == "forward + backward"
-    assert "Not run, unavailable here: `flash_attention_2` (needs a CUDA GPU)." in gpu_check.backends_markdown(payload)
+    markdown = gpu_report.backends_markdown(payload)
+    assert "Not run, unavailable here: `flash_attention_2` (needs a CUDA GPU)." in markdown
 
 
 def test_the_backend_check_catches_a_wrong_gradient(tmp_path, monkeypatch, capsys):
@@ -329,17 +374,17 @@ def test_the_backend_check_catches_a_wrong_gradient(tmp_path, monkeypatch, capsy
 
 def test_relative_errors_and_the_gradient_floor():
     zero, ones = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    assert gpu_check.relative_error(zero, zero) == 0
-    assert gpu_check.relative_error(ones, zero) == float("inf")
-    assert gpu_check.relative_error(2 * ones, ones) == pytest.approx(1.0)
+    assert gpu_backends.relative_error(zero, zero) == 0
+    assert gpu_backends.relative_error(ones, zero) == float("inf")
+    assert gpu_backends.relative_error(2 * ones, ones) == pytest.approx(1.0)
     big = torch.full((100,), 10.0, dtype=torch.float64)
     noise = torch.full((3,), 1e-9, dtype=torch.float64)
     expected = {"output": ones, "input_grad": ones, "params": {"w": big, "k_proj.bias": noise}}
     actual = {"output": ones, "input_grad": ones, "params": {"w": big, "k_proj.bias": -noise}}
-    errors = gpu_check.compare(actual, expected)
+    errors = gpu_backends.compare(actual, expected)
     # the bias's gradient is all noise (error 2 relative to itself), tiny against the module's gradients
     assert errors["worst_param_grad"] < 1e-9
-    missing = gpu_check.compare({**actual, "params": {"w": big}}, expected)
+    missing = gpu_backends.compare({**actual, "params": {"w": big}}, expected)
     assert missing["param_grads"] == float("inf")
     assert missing["worst_param"] == "k_proj.bias"
 
@@ -442,16 +487,16 @@ def test_the_report_collects_the_steps_and_records_a_failure(tmp_path, backends_
 def test_step_verdicts():
     settings = {"min_demo_top1": 0.3}
     run = {"eval_results": {"zeroshot_top1": 0.12}}
-    assert gpu_check.step_verdict("pretrain", (0, 30), run, settings, 90) == (
+    assert gpu_report.step_verdict("pretrain", (0, 30), run, settings, 90) == (
         "failed",
         "zero-shot top-1 12.0% is below 30%",
     )
-    assert gpu_check.step_verdict("pretrain_compile", (0, 30), run, settings, 90)[0] == "passed"
-    assert gpu_check.step_verdict("pretrain", (137, 95), None, settings, 90)[0] == "timed out"
-    assert gpu_check.step_verdict("bench_model", (1, 3), None, settings, 90) == ("failed", "exit status 1")
-    assert gpu_check.step_verdict("bench_model", (0, 3), None, settings, 90)[0] == "failed"
-    assert gpu_check.step_verdict("backends", None, None, settings, 90)[0] == "did not run"
-    assert gpu_check.step_verdict("backends", (0, 9), {"passed": False}, settings, 90)[0] == "failed"
+    assert gpu_report.step_verdict("pretrain_compile", (0, 30), run, settings, 90)[0] == "passed"
+    assert gpu_report.step_verdict("pretrain", (137, 95), None, settings, 90)[0] == "timed out"
+    assert gpu_report.step_verdict("bench_model", (1, 3), None, settings, 90) == ("failed", "exit status 1")
+    assert gpu_report.step_verdict("bench_model", (0, 3), None, settings, 90)[0] == "failed"
+    assert gpu_report.step_verdict("backends", None, None, settings, 90)[0] == "did not run"
+    assert gpu_report.step_verdict("backends", (0, 9), {"passed": False}, settings, 90)[0] == "failed"
 
 
 # ------------------------------------------------------------------------------------------------------ end to end

@@ -1,7 +1,7 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
 """
 What the benchmark scripts share: interleaved timing, peak memory, the command-line options, the Markdown table
-and the JSON file.
+and the JSON document (written by `core.files.write_json`).
 
 Timing: every candidate runs its warm-up steps, then the repetitions go round the candidates in turn (A B C A B C
 ...), so that a slow spell of a shared machine hits all of them alike; a ratio is the median over repetitions of
@@ -16,10 +16,6 @@ and, in a training step, the parameter gradients.
 """
 
 import argparse
-import datetime
-import json
-import math
-import platform
 import statistics
 import time
 import weakref
@@ -27,13 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..core.cli import ArgumentParser, non_negative_int, positive_int
-from ..core.files import atomic_write_text
-from ..core.formatting import markdown_table
+from ..core.formatting import format_measurement, markdown_table
+from ..core.provenance import environment
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -41,25 +36,14 @@ MODES = ("forward", "train")  # inference forward; forward + loss + backward
 
 
 def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argparse.Namespace:
-    """The options both scripts take; `extra_flags` maps a flag name to its help (boolean flags)."""
+    """The options of bench_attention.py and bench_model.py; `extra_flags` maps a flag name to its help (boolean
+    flags). `args.dtype` comes back as a torch dtype."""
     parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), help="parameter and input dtype (default: float32 on CPU, bfloat16 on CUDA)"
     )
-    parser.add_argument(
-        "--batch_size", type=int, help="one batch size for every shape (default: per shape and device)"
-    )
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
-    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
-    parser.add_argument(
-        "--shapes",
-        nargs="+",
-        choices=tuple(shapes),
-        default=list(shapes),
-        metavar="SHAPE",
-        help=f"shapes to run, of {', '.join(shapes)} (default: all)",
-    )
+    add_timing_arguments(parser, shapes, "one batch size for every shape (default: per shape and device)")
     parser.add_argument(
         "--modes",
         nargs="+",
@@ -70,14 +54,28 @@ def parse_args(description: str, shapes: dict, argv=None, **extra_flags) -> argp
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd DiffCLIP (sdpa)")
     for flag, help_text in extra_flags.items():
         parser.add_argument(f"--{flag}", action="store_true", help=help_text)
-    parser.add_argument("--output", type=Path, help="write the results as JSON to this file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine.")
-    if args.repeats < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error("--repeats and --batch_size must be at least 1, --warmup at least 0.")
     args.dtype = DTYPES[args.dtype or ("bfloat16" if args.device == "cuda" else "float32")]
     return args
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, shapes: dict, batch_help: str) -> None:
+    """The options every timing script takes: --shapes (names of `shapes`, default all), --batch_size, --repeats,
+    --warmup and --output (the JSON file)."""
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=tuple(shapes),
+        default=list(shapes),
+        metavar="SHAPE",
+        help=f"shapes to run, of {', '.join(shapes)} (default: all)",
+    )
+    parser.add_argument("--batch_size", type=positive_int, help=batch_help)
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of each step (default: 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed steps of each candidate first (1)")
+    parser.add_argument("--output", type=Path, help="write the results as JSON to this file")
 
 
 def trainable(candidates: dict, device: str) -> list[str]:
@@ -171,49 +169,8 @@ def randomise(module: torch.nn.Module) -> None:
                 parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
 
 
-def environment(device: str) -> dict:
-    """The machine and software a result was measured on."""
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "device": device,
-        "cpu": _cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cell(value) -> str:
-    """A benchmark table's cell: 3 significant digits, whole numbers from 100 on, NaN and None (not measured) as a
-    dash."""
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
-
-
 def mebibytes(nbytes: int | None) -> float:
     return float("nan") if nbytes is None else nbytes / 2**20
-
-
-def write_json(path: Path | None, payload: dict) -> None:
-    if path is not None:
-        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def new_payload(script: str, args) -> dict:
@@ -292,9 +249,9 @@ def run_shape(
     payload["results"] += results
     payload["ratios"] += ratios
     print(f"\n### {title}\n")
-    print(markdown_table(RESULT_HEADERS, [result_row(r) for r in results], cell))
+    print(markdown_table(RESULT_HEADERS, [result_row(r) for r in results], format_measurement))
     print()
-    print(markdown_table(RATIO_HEADERS, [ratio_row(r) for r in ratios], cell), flush=True)
+    print(markdown_table(RATIO_HEADERS, [ratio_row(r) for r in ratios], format_measurement), flush=True)
 
 
 RESULT_HEADERS = ["candidate", "mode", "median ms", "IQR ms", "min–max ms", "samples/s", "peak MiB", "max |Δ|"]

@@ -1,6 +1,9 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Writing files and folders so that readers never see them half-written, and nothing is lost when a write fails."""
+"""Writing files and folders so that readers never see them half-written, and nothing is lost when a write fails;
+JSON result files."""
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -71,3 +74,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` (UTF-8) through a temporary sibling and a rename."""
     with atomic_file(path) as staging:
         staging.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike | None, payload) -> None:
+    """Write `payload` as indented JSON to `path` atomically (`atomic_write_text`); nothing when `path` is None (an
+    optional --output). JSON has no NaN or infinity: such floats are written as the strings "nan", "inf", "-inf"."""
+    if path is not None:
+        atomic_write_text(path, json.dumps(_finite(payload), indent=2) + "\n")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

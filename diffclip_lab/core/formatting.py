@@ -26,6 +26,18 @@ def format_difference(value: float, decimals: int = 4, scale: float = 1.0) -> st
     return f"{round(scale * value, decimals) + 0.0:+.{decimals}f}"
 
 
+def format_measurement(value) -> str:
+    """A measurement's cell: 3 significant digits, whole numbers from 100 on, NaN and None (not measured) as a dash,
+    booleans as yes or no; anything else as is."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], cell: Callable = format_number) -> str:
     """A Markdown table with one row per entry of `rows`, each value written by `cell`."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
