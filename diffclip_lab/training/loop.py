@@ -18,8 +18,8 @@ from .runs import BatchPlan, Run, Training, batches, check_finite, plain_options
 logger = get_logger(__name__)
 SKIPS_LOGGED = 10  # samples skipped that each process names in the log; the progress bar counts them all
 
-# A micro-batch in, its forward and backward done: its loss (the same on every process or not) and more values to
-# log (tensors of one element); None while it only holds the micro-batch for a later step (exact accumulation).
+# A micro-batch in, its forward and backward done: its loss and more values to log (tensors of one element); None
+# while it only holds the micro-batch for a later step (exact accumulation).
 Step = Callable[[dict], tuple[torch.Tensor, dict] | None]
 
 
@@ -38,11 +38,12 @@ def train(
 ) -> float:
     """
     Micro-batches from where `training.state` is until `plan.max_steps` optimizer steps: `step` does each one's
-    forward and backward; when the gradients of an optimizer step are complete (`accelerator.sync_gradients`),
-    the loss and gradients are checked to be finite on every process, the optimizer and the schedule step, then
-    `after_step` (e.g. a cap on a parameter). Every `logging_steps` the loss, learning rate, what `step` returned,
-    `samples` per second and the counts go to `run.log`; every `checkpointing_steps` a checkpoint. A loader that
-    cannot read a sample reports it in the batch (`skipped`, names; `num_skipped`): named in the log, counted.
+    forward and backward, and every loss it returns is checked to be finite on every process (the gradients too,
+    once complete); when the gradients of an optimizer step are complete (`accelerator.sync_gradients`), the
+    optimizer and the schedule step, then `after_step` (e.g. a cap on a parameter). Every `logging_steps` the loss,
+    learning rate, what `step` returned, `samples` per second and the counts go to `run.log`; every
+    `checkpointing_steps` a checkpoint. A loader that cannot read a sample reports it in the batch (`skipped`,
+    names; `num_skipped`): named in the log, counted.
     Returns the last step's loss, averaged over processes.
     """
     state = training.state
