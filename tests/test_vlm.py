@@ -48,6 +48,7 @@ from diffclip_lab.vlm.conversations import (
     load_conversations,
     modality_grouped_indices,
 )
+from diffclip_lab.vlm.stages import freeze, stage_options
 from modeling_diffclip import DiffCLIPLlavaForConditionalGeneration, DiffCLIPModel
 
 
@@ -572,7 +573,7 @@ def test_trainable_weights_are_float32_masters_and_a_float16_model_trains_finite
     round to 0); the trainable weights become float32 masters, the frozen ones what the compute reads."""
     model = AutoModelForImageTextToText.from_pretrained(built).half()
     processor = AutoProcessor.from_pretrained(built)
-    TRAIN_VLM_SCRIPT.freeze(model, "instruct", unfreeze_vision=False)
+    freeze(model, "instruct", unfreeze_vision=False)
     changed = training_dtypes(model, precision)
     dtypes = {name: parameter.dtype for name, parameter in model.named_parameters()}
     frozen_dtype = torch.float32 if precision == "no" else torch.float16  # float16 is not bf16 autocast's: float32
@@ -666,15 +667,15 @@ def test_llava15_turns_on_bf16_and_gradient_checkpointing_where_cuda_is(monkeypa
     args = ["--model", str(built), "--stage", "instruct", "--dataset", "d.json", "--recipe", "llava15"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    options = TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+    options = stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
     assert (options.mixed_precision, options.gradient_checkpointing) == ("bf16", True)
     given = TRAIN_VLM_SCRIPT.parse_args([*args, "--mixed_precision", "fp16"])
-    assert TRAIN_VLM_SCRIPT.stage_options(given, "instruct").mixed_precision == "fp16"  # the command line wins
+    assert stage_options(given, "instruct").mixed_precision == "fp16"  # the command line wins
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     with pytest.raises(UserError, match="^--mixed_precision bf16: this GPU has no bfloat16"):
-        TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+        stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    options = TRAIN_VLM_SCRIPT.stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
+    options = stage_options(TRAIN_VLM_SCRIPT.parse_args(args), "instruct")
     assert (options.mixed_precision, options.gradient_checkpointing) == (None, False)  # CPU: as launched
 
 

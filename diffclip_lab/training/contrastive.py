@@ -1,6 +1,6 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
-"""Contrastive image-text training: the global-batch InfoNCE loss, the training forward, the optimizer step with exact
-gradient accumulation, the optimizer's groups."""
+"""Contrastive image-text training: the global-batch InfoNCE loss, the training forward, the step function of the
+training loop with exact gradient accumulation, the optimizer's groups."""
 
 import math
 from collections.abc import Callable, Iterator
@@ -109,6 +109,34 @@ def accumulated_step(
             accelerator.backward(loss * factor)
         start = rows.stop
     return loss.detach(), logit_scale.detach(), lambdas
+
+
+def contrastive_step(
+    accelerator, module: nn.Module, gradient_accumulation_steps: int, model_inputs: Callable[[object], dict]
+) -> Callable[[object], tuple[torch.Tensor, dict] | None]:
+    """
+    The step function of `diffclip_lab.training.loop.train` for contrastive pretraining: the loss of the global
+    batch back-propagated, one micro-batch per step, or with accumulation the micro-batches of a step held until the
+    last and then `accumulated_step` (so a step is never checkpointed between its micro-batches). Logs exp(logit
+    scale) and every λ.
+    """
+    micro_batches = []
+
+    def step(batch) -> tuple[torch.Tensor, dict] | None:
+        if gradient_accumulation_steps == 1:
+            with accelerator.accumulate(module):
+                image, text, logit_scale, lambdas = module(**model_inputs(batch))
+                loss = contrastive_loss(image, text, logit_scale)
+                accelerator.backward(loss)
+        else:
+            micro_batches.append(batch)
+            if len(micro_batches) < gradient_accumulation_steps:
+                return None
+            loss, logit_scale, lambdas = accumulated_step(accelerator, module, micro_batches, model_inputs)
+            micro_batches.clear()
+        return loss, {"logit_scale": logit_scale, **{f"lambda/{name}": value for name, value in lambdas.items()}}
+
+    return step
 
 
 def _first_row(rows: int, device: torch.device) -> int:

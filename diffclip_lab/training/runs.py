@@ -2,7 +2,7 @@
 """
 The machinery of a training run with Accelerate, shared by the training scripts: the batch and step plan, the run
 folder and its fingerprint, checkpoints that are complete or absent and resume exactly, the trackers and
-`metrics.jsonl`, `eval_results.json`, the final model folder and its upload.
+`metrics.jsonl`, `eval_results.json`, the final model folder and its upload. The loop that drives them is `loop.py`.
 
 A run folder holds `run_config.json` (the run's fingerprint and settings), `checkpoint-N/` (full training state,
 the last K kept), `metrics.jsonl`, `logs/` (trackers), `model/` and `eval_results.json`.
