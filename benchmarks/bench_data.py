@@ -41,11 +41,7 @@ from PIL import Image
 
 from diffclip_lab.benchmarking.harness import spread
 from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
-from diffclip_lab.core.errors import UserError
-from diffclip_lab.core.files import write_json
-from diffclip_lab.core.formatting import format_measurement, markdown_table
-from diffclip_lab.core.provenance import environment
-from diffclip_lab.training.data import (
+from diffclip_lab.core.data import (
     ExampleEncoder,
     ImageTransform,
     image_text_loader,
@@ -54,6 +50,10 @@ from diffclip_lab.training.data import (
     webdataset_shards,
     without_image_decoding,
 )
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.files import write_json
+from diffclip_lab.core.formatting import format_measurement, markdown_table
+from diffclip_lab.core.provenance import environment
 from modeling_diffclip import DiffCLIPProcessor
 
 

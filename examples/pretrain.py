@@ -59,7 +59,7 @@ def parse_args(argv=None):
     add("--init_from", help="start from the weights of a saved DiffCLIP folder (e.g. from convert_clip_to_diffclip)")
     add(
         "--dataset",
-        help="Hub dataset id or local path (see diffclip_lab/training/data.py); default: the captioned-shapes demo",
+        help="Hub dataset id or local path (see diffclip_lab/core/data.py); default: the captioned-shapes demo",
     )
     add("--dataset_split", default="train")
     add("--image_column", help="default: the first of image, jpg, jpeg, png, webp, img")

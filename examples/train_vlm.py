@@ -29,10 +29,10 @@ import modeling_diffclip  # noqa: F401  (registers DiffCLIP-LLaVA with the Auto 
 from diffclip_lab.core.cli import ArgumentParser, path_or_repo_id, positive_int, run_main, setup_logging
 from diffclip_lab.core.loading import load_vlm
 from diffclip_lab.core.publishing import check_can_push
-from diffclip_lab.demo.vlm import demo
 from diffclip_lab.training.recipes import VLM_RECIPES
 from diffclip_lab.training.runs import add_run_arguments, check_run_arguments
 from diffclip_lab.vlm.conversations import load_conversations
+from diffclip_lab.vlm.demo import demo
 from diffclip_lab.vlm.stages import run_stage, stage_options
 
 

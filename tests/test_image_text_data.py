@@ -1,4 +1,4 @@
-"""diffclip_lab/training/data.py: every documented dataset layout, decoding failures, and the image transform."""
+"""diffclip_lab/core/data.py: every documented dataset layout, decoding failures, and the image transform."""
 
 import io
 import json
@@ -11,20 +11,19 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from diffclip_lab.core.errors import UserError
-from diffclip_lab.training.data import (
+from diffclip_lab.core.data import (
     Collator,
     ExampleEncoder,
     ImageTransform,
     MapStyleImageText,
     Skipped,
     caption_text,
-    decode_image,
     load_image_text_dataset,
-    open_image,
     resolve_columns,
     without_image_decoding,
 )
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.images import decode_image, open_image
 from modeling_diffclip import DiffCLIPProcessor, clip_tokenizer
 
 

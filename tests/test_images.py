@@ -15,15 +15,15 @@ from PIL import Image
 from transformers import pipeline
 from transformers.image_utils import load_image
 
-from diffclip_lab.core.errors import UserError
-from diffclip_lab.core.images import UnreadableImage, decode_image, open_image, read_image
-from diffclip_lab.evaluation.datasets import load_split
-from diffclip_lab.training.data import (
+from diffclip_lab.core.data import (
     ImageTransform,
     image_text_loader,
     load_image_text_dataset,
     without_image_decoding,
 )
+from diffclip_lab.core.errors import UserError
+from diffclip_lab.core.images import UnreadableImage, decode_image, open_image, read_image
+from diffclip_lab.evaluation.datasets import load_split
 from modeling_diffclip import DiffCLIPModel, DiffCLIPProcessor, clip_tokenizer
 
 

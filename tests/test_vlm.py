@@ -34,10 +34,10 @@ from transformers import (
 )
 
 from diffclip_lab.core.errors import UserError
-from diffclip_lab.demo import scenes
 from diffclip_lab.demo.language_model import tiny_language_model
 from diffclip_lab.training.recipes import VLM_RECIPES
 from diffclip_lab.training.runs import BatchPlan, TrainingState, check_finite
+from diffclip_lab.vlm import scenes
 from diffclip_lab.vlm.composition import training_dtypes
 from diffclip_lab.vlm.conversations import (
     IGNORE,

@@ -21,16 +21,15 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from ..core.errors import UserError
-from ..core.images import UnreadableImage, read_image
-from ..training.data import (
+from ..core.data import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
-    decode_image,
     find_column,
     load_image_text_dataset,
     without_image_decoding,
 )
+from ..core.errors import UserError
+from ..core.images import UnreadableImage, decode_image, read_image
 
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # the order CLIP Benchmark looks for them

@@ -1,5 +1,5 @@
 # Copyright 2025 The DiffCLIP for Transformers authors. Licensed under the Apache License, Version 2.0.
 """
-Contrastive pretraining: image-text data, the loss and exact accumulation, the paper's recipes, and the run
-machinery (batch plan, resume, checkpoints) with the one training loop every trainer uses.
+Contrastive pretraining: the loss and exact accumulation, the paper's recipes, the run machinery (batch plan,
+resume, checkpoints), the one training loop every trainer uses, and the pretraining script's parts.
 """

@@ -14,6 +14,13 @@ from accelerate.logging import get_logger
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel, DiffCLIPProcessor
 
 from ..core.cli import path_or_repo_id
+from ..core.data import (
+    ImageTransform,
+    image_text_loader,
+    load_image_text_dataset,
+    resolve_columns,
+    without_image_decoding,
+)
 from ..core.errors import UserError
 from ..core.loading import load_diffclip
 from ..core.publishing import describe_variant, model_card
@@ -21,7 +28,6 @@ from ..demo import shapes
 from ..evaluation.datasets import EvalSplit, load_split, split_from_dataset
 from ..evaluation.tasks import DualEncoder, EvalOptions, FeatureCache, zero_shot
 from .contrastive import DualEncoderForTraining, parameter_groups
-from .data import ImageTransform, image_text_loader, load_image_text_dataset, resolve_columns, without_image_decoding
 from .recipes import MODEL_CONFIGS
 from .runs import BatchPlan, Run, Training, prepare_training
 

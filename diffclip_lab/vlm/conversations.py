@@ -22,8 +22,9 @@ from pathlib import Path
 import datasets
 import torch
 
+from ..core.data import load_image_text_dataset
 from ..core.errors import UserError
-from ..training.data import decode_image, load_image_text_dataset
+from ..core.images import decode_image
 from .composition import IMAGE_TOKEN as IMAGE
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from ..core.files import atomic_write_text
 from ..core.formatting import article
-from ..vlm.pope import QUESTION, SHORT_ANSWER_PROMPT, question_text  # the demo teaches POPE's questions
-from .shapes import CLASSNAMES, COLORS, SHAPES, cluttered_background, draw_in_quadrants
+from ..demo.shapes import CLASSNAMES, COLORS, SHAPES, cluttered_background, draw_in_quadrants
+from .pope import QUESTION, SHORT_ANSWER_PROMPT, question_text  # the demo teaches POPE's questions
 
 
 IMAGE_SIZE = 32

@@ -14,12 +14,11 @@ from accelerate.logging import get_logger
 
 from ..core.files import atomic_directory, atomic_write_text
 from ..core.loading import load_vlm
-from ..vlm import pope
-from ..vlm.composition import build_llava, save_vlm
-from ..vlm.conversations import load_conversations
-from ..vlm.stages import run_stage, stage_options
-from . import scenes
-from .language_model import pretrain_language_model, tiny_language_model
+from ..demo.language_model import pretrain_language_model, tiny_language_model
+from . import pope, scenes
+from .composition import build_llava, save_vlm
+from .conversations import load_conversations
+from .stages import run_stage, stage_options
 
 
 logger = get_logger(__name__)

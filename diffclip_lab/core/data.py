@@ -28,10 +28,8 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from ..core.errors import UserError
-
-# decode_image is imported from here by the lab's other readers
-from ..core.images import UnreadableImage, decode_image, displayed_size, load_rgb, open_image  # noqa: F401
+from .errors import UserError
+from .images import UnreadableImage, displayed_size, load_rgb, open_image
 
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
