@@ -21,6 +21,7 @@ from accelerate import Accelerator
 
 from diffclip_lab.benchmarking.harness import (
     cell,
+    command_and_machine,
     environment,
     mebibytes,
     peak_memory,
@@ -85,7 +86,12 @@ def steps(trainer: DualEncoderForTraining, batch: dict, micro_batches: int) -> d
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    payload = {"script": "benchmarks/bench_accumulation.py", "environment": environment("cpu"), "results": []}
+    payload = {
+        "script": "bench_accumulation",
+        **command_and_machine("bench_accumulation"),
+        "environment": environment("cpu"),
+        "results": [],
+    }
     runs = [
         (shape, SHAPES[shape][0], args.global_batch_size or SHAPES[shape][1], args.micro_batches or SHAPES[shape][2])
         for shape in args.shapes

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffclip_lab.benchmarking.harness import cell, environment, spread, write_json
+from diffclip_lab.benchmarking.harness import cell, command_and_machine, environment, spread, write_json
 from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int, run_main
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.formatting import markdown_table
@@ -417,6 +417,7 @@ def main(argv=None) -> int:
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     payload = {
         "script": "bench_data",
+        **command_and_machine("bench_data"),
         "environment": environment(args.device),
         "settings": settings,
         "jpeg_bytes_per_image": sizes,

@@ -38,7 +38,15 @@ import onnxruntime
 import onnxscript
 import torch
 
-from diffclip_lab.benchmarking.harness import cell, environment, paired_ratio, spread, time_interleaved, write_json
+from diffclip_lab.benchmarking.harness import (
+    cell,
+    command_and_machine,
+    environment,
+    paired_ratio,
+    spread,
+    time_interleaved,
+    write_json,
+)
 from diffclip_lab.conversion.onnx_export import DEFAULT_OPSET, ImageEncoder, TextEncoder, export_graph
 from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int
 from diffclip_lab.core.formatting import markdown_table
@@ -153,7 +161,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     versions = {module.__name__: module.__version__ for module in (onnxruntime, onnxscript, onnx)}
     env = {**environment("cpu"), **versions}
-    payload = {"script": "bench_onnx", "environment": env, "settings": {**vars(args), "output": str(args.output)}}
+    payload = {
+        "script": "bench_onnx",
+        **command_and_machine("bench_onnx"),
+        "environment": env,
+        "settings": {**vars(args), "output": str(args.output)},
+    }
     payload["results"] = []
     for shape_name in args.shapes:
         shape = SHAPES[shape_name]

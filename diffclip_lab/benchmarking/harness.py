@@ -19,8 +19,11 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -216,11 +219,43 @@ def write_json(path: Path | None, payload: dict) -> None:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
+def command_and_machine(script: str) -> dict:
+    """
+    What a result file records besides `environment`: the command that wrote it (`None` when `script`'s main was
+    called from Python rather than run as a program), with `OMP_NUM_THREADS` where it is set, and the machine: its
+    logical CPUs, memory, whether it is a virtual machine, and its load average over 1, 5 and 15 minutes when the
+    run started (above 0 when other processes shared the cores).
+    """
+    command = None
+    if Path(sys.argv[0]).name == f"{script}.py":
+        threads = os.environ.get("OMP_NUM_THREADS")
+        command = shlex.join(["python", f"benchmarks/{script}.py", *sys.argv[1:]])
+        command = f"OMP_NUM_THREADS={threads} {command}" if threads else command
+    return {
+        "command": command,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "virtual_machine": _virtual_machine(),
+            "load_average": [round(load, 2) for load in os.getloadavg()],
+        },
+    }
+
+
+def _virtual_machine() -> bool:
+    try:
+        return " hypervisor" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def new_payload(script: str, args) -> dict:
-    """The JSON document of a run: script, environment, settings; `run_shape` adds results and ratios."""
+    """The JSON document of a run: script, command, machine, environment, settings; `run_shape` adds results and
+    ratios."""
     settings = {key: str(value) if key in ("dtype", "output") else value for key, value in vars(args).items()}
     return {
         "script": script,
+        **command_and_machine(script),
         "environment": environment(args.device),
         "settings": settings,
         "results": [],
