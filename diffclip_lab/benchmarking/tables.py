@@ -23,7 +23,7 @@ NA = "n/a"
 MARKER = re.compile(r"<!-- table: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL)
 # bench_attention's and bench_model's shapes, in the order of the tables, and how a table names them
 SHAPE_NAMES = {
-    "vit-b-16": "ViT-B/16, 224 px",
+    "vit-b-16": "224 px",
     "vit-b-16-336": "336 px",
     "vit-b-16-384": "384 px",
     "text-77": "text",
@@ -83,7 +83,7 @@ def provenance_line(name: str, payload: dict) -> str:
     )
     return (
         f"[`results/{name}.json`](results/{name}.json): `{fields['command']}`, {date[:10]} {date[11:16]} "
-        f"(UTC{date[19:] or ''}); {', '.join(where)}; {versions}."
+        f"{'UTC' if date[19:] in ('', '+00:00') else 'UTC' + date[19:]}; {', '.join(where)}; {versions}."
     )
 
 
@@ -237,7 +237,7 @@ def attention_memory_table(results: dict) -> str:
             if result is None or result["peak_memory_bytes"] is None:
                 row.append(NA)
             else:
-                row.append(result["peak_memory_bytes"] / 2**10 / result["batch_size"] / result["tokens"])
+                row.append(number(result["peak_memory_bytes"] / 2**10 / result["batch_size"] / result["tokens"], 1))
         rows.append(row)
     return table(headers, rows)
 
@@ -446,7 +446,7 @@ def workers_table(results: dict) -> str:
     """bench_data: the loader workers one GPU needs at each target rate, each worker on a core of its own."""
     payload = results["data"]
     targets = list(payload["workers_needed"][0]["workers"]) if payload["workers_needed"] else []
-    headers = ["shards", "decoding", "images per worker CPU-s", *(f"workers at {t}" for t in targets)]
+    headers = ["shards", "decoding", "images per worker CPU-s", *(f"workers ({t})" for t in targets)]
     headers.append("training process ms per image")
     rows = [
         [
@@ -485,7 +485,7 @@ def draft_table(results: dict) -> str:
                 r = one(payload, shards=shards, decoding=decoding, workers=0)
                 rate = None if r is None else r["images_per_worker_cpu_s"]
                 times[decoding] = None if rate is None else 1e3 / rate
-            time_cell = measure(times["draft"]) + ("" if times["full"] is None else f" ({measure(times['full'])})")
+            time_cell = number(times["draft"]) + ("" if times["full"] is None else f" ({number(times['full'])})")
             rows.append(
                 [
                     f"{shards} px",
