@@ -24,7 +24,7 @@ from diffclip_lab.core.cli import ArgumentParser, non_negative_int, positive_int
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import write_json
 from diffclip_lab.core.formatting import format_measurement
-from diffclip_lab.core.provenance import environment
+from diffclip_lab.core.provenance import command_and_machine, environment
 from diffclip_lab.training.contrastive import DualEncoderForTraining, accumulated_step, contrastive_loss
 from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
@@ -80,7 +80,12 @@ def steps(trainer: DualEncoderForTraining, batch: dict, micro_batches: int) -> d
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    payload = {"script": "benchmarks/bench_accumulation.py", "environment": environment("cpu"), "results": []}
+    payload = {
+        "script": "bench_accumulation",
+        **command_and_machine("bench_accumulation"),
+        "environment": environment("cpu"),
+        "results": [],
+    }
     runs = [
         (shape, SHAPES[shape][0], args.global_batch_size or SHAPES[shape][1], args.micro_batches or SHAPES[shape][2])
         for shape in args.shapes

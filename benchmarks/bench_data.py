@@ -53,7 +53,7 @@ from diffclip_lab.core.data import (
 from diffclip_lab.core.errors import UserError
 from diffclip_lab.core.files import write_json
 from diffclip_lab.core.formatting import format_measurement, markdown_table
-from diffclip_lab.core.provenance import environment
+from diffclip_lab.core.provenance import command_and_machine, environment
 from modeling_diffclip import DiffCLIPProcessor
 
 
@@ -419,6 +419,7 @@ def main(argv=None) -> int:
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     payload = {
         "script": "bench_data",
+        **command_and_machine("bench_data"),
         "environment": environment(args.device),
         "settings": settings,
         "jpeg_bytes_per_image": sizes,

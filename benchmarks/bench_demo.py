@@ -90,7 +90,13 @@ def main(argv=None) -> int:
     result = summary(runs)
     print(f"zero-shot top-1 over {result['seeds']} seeds: {result['mean']:.1f} ± {result['std']:.1f} %")
     command = " ".join(["python", "benchmarks/bench_demo.py", "--seeds", *map(str, args.seeds)])
-    payload = {"script": command, "environment": environment("cpu"), "summary": result, "runs": runs}
+    payload = {
+        "script": "bench_demo",
+        "command": command,
+        "environment": environment("cpu"),
+        "summary": result,
+        "runs": runs,
+    }
     write_json(args.output, payload)
     if args.check is not None:
         reference = json.loads(args.check.read_text())["summary"]

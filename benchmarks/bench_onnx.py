@@ -42,7 +42,7 @@ from diffclip_lab.conversion.onnx_export import DEFAULT_OPSET, ImageEncoder, Tex
 from diffclip_lab.core.cli import ArgumentParser, positive_int, run_main
 from diffclip_lab.core.files import write_json
 from diffclip_lab.core.formatting import format_measurement, markdown_table
-from diffclip_lab.core.provenance import environment
+from diffclip_lab.core.provenance import command_and_machine, environment
 from diffclip_lab.training.recipes import MODEL_CONFIGS
 from modeling_diffclip import DiffCLIPConfig, DiffCLIPModel
 
@@ -148,7 +148,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     versions = {module.__name__: module.__version__ for module in (onnxruntime, onnxscript, onnx)}
     env = {**environment("cpu"), **versions}
-    payload = {"script": "bench_onnx", "environment": env, "settings": {**vars(args), "output": str(args.output)}}
+    payload = {
+        "script": "bench_onnx",
+        **command_and_machine("bench_onnx"),
+        "environment": env,
+        "settings": {**vars(args), "output": str(args.output)},
+    }
     payload["results"] = []
     for shape_name in args.shapes:
         shape = SHAPES[shape_name]

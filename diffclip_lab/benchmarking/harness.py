@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..core.cli import ArgumentParser, non_negative_int, positive_int
 from ..core.formatting import format_measurement, markdown_table
-from ..core.provenance import environment
+from ..core.provenance import command_and_machine, environment
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -174,10 +174,12 @@ def mebibytes(nbytes: int | None) -> float:
 
 
 def new_payload(script: str, args) -> dict:
-    """The JSON document of a run: script, environment, settings; `run_shape` adds results and ratios."""
+    """The JSON document of a run: script, command, machine, environment, settings; `run_shape` adds results and
+    ratios."""
     settings = {key: str(value) if key in ("dtype", "output") else value for key, value in vars(args).items()}
     return {
         "script": script,
+        **command_and_machine(script),
         "environment": environment(args.device),
         "settings": settings,
         "results": [],

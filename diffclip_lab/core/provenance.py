@@ -4,6 +4,8 @@ machine it ran on."""
 
 import os
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,3 +65,33 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def command_and_machine(script: str) -> dict:
+    """
+    What a result file records besides `environment`: the command that wrote it (`None` when `script`'s main was
+    called from Python rather than run as a program), with `OMP_NUM_THREADS` where it is set, and the machine: its
+    logical CPUs, memory, whether it is a virtual machine, and its load average over 1, 5 and 15 minutes when the
+    run started (above 0 when other processes shared the cores).
+    """
+    command = None
+    if Path(sys.argv[0]).name == f"{script}.py":
+        threads = os.environ.get("OMP_NUM_THREADS")
+        command = shlex.join(["python", f"benchmarks/{script}.py", *sys.argv[1:]])
+        command = f"OMP_NUM_THREADS={threads} {command}" if threads else command
+    return {
+        "command": command,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "virtual_machine": _virtual_machine(),
+            "load_average": [round(load, 2) for load in os.getloadavg()],
+        },
+    }
+
+
+def _virtual_machine() -> bool:
+    try:
+        return " hypervisor" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
