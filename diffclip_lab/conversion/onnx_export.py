@@ -48,8 +48,7 @@ DEFAULT_OPSET = 18
 # `no_grad`; both agree with PyTorch to 1e-5) but ONNX has no fused attention kernel below opset 23: the SDPA path's
 # four attention calls per layer become matrix products that materialise the maps anyway, and ONNX Runtime merges the
 # duplicated score maps but not the four value products, where eager multiplies the maps' difference with the values
-# once. Its graph has half the nodes and ran 1.6 % (images) and 3.7 % (captions) faster at ViT-B/16
-# (docs/performance.md).
+# once, and its graph runs faster under ONNX Runtime (`onnxruntime` against `onnxruntime-sdpa` in docs/performance.md).
 ATTN_IMPLEMENTATION = "eager"
 FP32_TOLERANCE = 1e-4  # max |Δ| of the embeddings
 FP16_RELATIVE_TOLERANCE = 1e-2  # max |Δ| / max |embedding|

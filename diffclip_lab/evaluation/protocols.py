@@ -98,7 +98,7 @@ def fit_logistic_regression(
 
 
 # Below this many feature values, a CPU fit runs on one thread: its thousands of tiny steps then cost less than the
-# threads' synchronisation (40 × less for 1,600 × 64 features on 2 busy cores; docs/performance.md).
+# threads' synchronisation (docs/performance.md, "Linear probe on CPU").
 SMALL_PROBLEM = 2**20
 
 
