@@ -20,6 +20,7 @@ from diffclip_lab.vlm.pope import (
     parse_answer,
     pope_metrics,
     question_text,
+    read_object_annotations,
     read_questions,
     write_pope_splits,
 )
@@ -103,6 +104,24 @@ ANNOTATIONS = [
     ("i8.jpg", ["bus", "car"]),
     ("single.jpg", ["bus"]),
 ]
+
+
+def test_object_annotations_are_read_from_the_pope_repositorys_json_lines(tmp_path):
+    """POPE's `coco_ground_truth_segmentation.json`: one JSON object per line with more keys than these two."""
+    path = tmp_path / "annotations.json"
+    lines = [
+        json.dumps({"image": image, "objects": objects, "segmentation": [[0, 1]]}) for image, objects in ANNOTATIONS
+    ]
+    path.write_text("\n".join([*lines[:3], "", *lines[3:]]) + "\n")
+    assert read_object_annotations(path) == ANNOTATIONS
+    path.write_text(lines[0] + '\n{"image": "i2.jpg", "objects": "bus"}\n')
+    with pytest.raises(UserError, match=r"annotations.json, line 2: expected"):
+        read_object_annotations(path)
+    path.write_text(lines[0] + "\nnot json\n")
+    with pytest.raises(UserError, match=r"line 2: not JSON"):
+        read_object_annotations(path)
+
+
 # Each image's two "yes" objects (its first two) and, after each, the "no" object chosen for it. Popular: the most
 # frequent objects absent from the image. Adversarial: for each "yes" object, the absent object not yet asked that
 # co-occurs with it most often (e.g. i4: bus -> cup is there, fork is there, dog; cup -> bus, dog asked, fork there,
