@@ -167,15 +167,16 @@ def gpu_environment(device: str) -> dict:
     use, the commit of the checkout, and on CUDA the driver and compute mode (nvidia-smi)."""
     import torch
 
-    from ..core.provenance import environment
+    from ..core.provenance import environment, git_commit
 
     info = environment(device)
+    commit, dirty = git_commit(REPO_ROOT, length=12)
     info.update(
         torch_cuda=torch.version.cuda,
         cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         **{name: package_version(name) for name in ("accelerate", "datasets", "triton")},
-        git_commit=_git("rev-parse", "--short=12", "HEAD"),
-        git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+        git_commit=commit,
+        git_dirty=dirty,
     )
     if device == "cuda":
         smi = nvidia_smi()
@@ -202,14 +203,6 @@ def _at_least(version: str | None, minimum: tuple) -> bool:
         return tuple(int(part) for part in version.split(".")[:2]) >= minimum
     except (AttributeError, ValueError):
         return False
-
-
-def _git(*args) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def plan(args) -> None:

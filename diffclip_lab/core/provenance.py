@@ -5,6 +5,7 @@ machine it ran on."""
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,3 +96,18 @@ def _virtual_machine() -> bool:
         return " hypervisor" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+
+
+def git_commit(directory: Path, length: int = 7) -> tuple[str | None, bool]:
+    """The short commit of the git checkout holding `directory` and whether its tracked files have changes;
+    (None, False) outside a checkout or without git."""
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", f"--short={length}", "HEAD")
+    return commit, bool(commit and git("status", "--porcelain", "--untracked-files=no"))

@@ -40,6 +40,7 @@ from modeling_diffclip.configuration_diffclip import VARIANTS as VARIANT_CONFIGS
 from ..core.errors import UserError
 from ..core.files import atomic_directory, atomic_write_text
 from ..core.formatting import PAPER_NAMES, format_difference, format_number, markdown_table
+from ..core.provenance import git_commit
 from ..demo.shapes import (
     CLASSNAMES,
     COLORS,
@@ -519,15 +520,10 @@ def attention_maps(args, runs: list[StudyRun], images: list[Path], output: Path,
 
 def code_version(scripts: Path) -> str:
     """The commit of the checkout of `scripts`, and whether it had changes; "unknown" outside a git checkout."""
-    git = ["git", "-C", str(scripts)]
-    try:
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        changes = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-    except (OSError, subprocess.CalledProcessError):
+    commit, dirty = git_commit(scripts)
+    if commit is None:
         return "unknown"
-    return f"commit {commit.stdout.strip()}" + (" with uncommitted changes" if changes.stdout.strip() else "")
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def report(args, runs, output: Path, attention: list[Path], started: float, machine: dict, scripts: Path) -> Path:
